@@ -1,0 +1,215 @@
+"""The PBFT replica: state, the one dispatch point ``step``, timers and shared helpers.
+
+Protocol rules live in phase modules: ``normal`` (section 4.2), ``checkpoints`` (4.3),
+``viewchange`` (4.4-4.5), ``statetransfer`` (5.3.2, simplified to whole certified blocks),
+``recovery`` (rebuilding state from what was persisted before a crash).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TypeVar
+
+from consensus import checkpoints, normal, recovery, statetransfer, viewchange
+from consensus.config import ReplicaConfig
+from consensus.events import Application, Crypto, Event, Ready, Receive, Submit, Tick
+from consensus.hashing import GENESIS_HASH
+from consensus.log import Log
+from consensus.mempool import Mempool
+from consensus.messages import (
+    Checkpoint,
+    Commit,
+    FetchRequest,
+    FetchResponse,
+    Message,
+    NewView,
+    Prepare,
+    PrePrepare,
+    Request,
+    SignedMessage,
+    ViewChange,
+)
+
+S = TypeVar("S", PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView)
+
+
+class Replica:
+    """One PBFT replica. Pure: input arrives through ``step``; output leaves in ``Ready``."""
+
+    def __init__(
+        self,
+        config: ReplicaConfig,
+        crypto: Crypto,
+        app: Application,
+        *,
+        last_executed: int = 0,
+        head_hash: bytes = GENESIS_HASH,
+        persisted: Sequence[Message] = (),
+    ) -> None:
+        self.cfg = config
+        self.id = config.replica_id
+        self.crypto = crypto
+        self.app = app
+        self.now_ms = 0
+
+        self.view = 0
+        self.view_active = True
+        self.view_base_seq = 0
+        """min-s of the new-view that started this view: seqs at or below it need no pre-prepare."""
+        self.last_executed = last_executed
+        self.head_hash = head_hash
+
+        self.stable_seq = 0
+        self.stable_digest = GENESIS_HASH
+        self.stable_proof: tuple[Checkpoint, ...] = ()
+        self.checkpoint_votes: dict[int, dict[int, Checkpoint]] = {}
+        self.my_checkpoints: dict[int, bytes] = {}
+
+        self.log = Log()
+        self.buffered: dict[int, PrePrepare] = {}
+        self.inflight_ids: dict[bytes, int] = {}
+        self.next_seq = last_executed + 1
+        self.mempool = Mempool(config.mempool_max_txs)
+
+        self.view_changes: dict[int, ViewChange] = {}
+        """Latest valid view-change per replica (bounded by n)."""
+        self.my_view_change: ViewChange | None = None
+        self.new_view_msg: NewView | None = None
+        self.vc_deadline_ms: int | None = None
+        self.vc_attempts = 0
+        self.higher_view: dict[int, int] = {}
+        """Highest later view each replica was seen voting in (stale-view detection)."""
+
+        self.fetch_target = last_executed
+        self.next_fetch_ms = 0
+        self.next_retransmit_ms = 0
+        self.fetch_peer = self.id
+
+        recovery.restore(self, persisted)
+
+    # -- read-only views for shells ------------------------------------------------------------
+
+    @property
+    def n(self) -> int:
+        return self.cfg.n
+
+    @property
+    def primary(self) -> int:
+        return self.cfg.primary(self.view)
+
+    @property
+    def is_primary(self) -> bool:
+        return self.primary == self.id
+
+    @property
+    def in_view_change(self) -> bool:
+        return not self.view_active
+
+    @property
+    def mempool_size(self) -> int:
+        return len(self.mempool)
+
+    @property
+    def high_watermark(self) -> int:
+        return self.stable_seq + self.cfg.watermark_window
+
+    def in_window(self, seq: int) -> bool:
+        return self.stable_seq < seq <= self.high_watermark
+
+    # -- the one dispatch point ----------------------------------------------------------------
+
+    def step(self, event: Event, now_ms: int) -> Ready:
+        self.now_ms = now_ms
+        out = Ready()
+        if isinstance(event, Receive):
+            self._dispatch(event.message, event.sender, out)
+        elif isinstance(event, Submit):
+            normal.on_submit(self, event, out)
+        elif not isinstance(event, Tick):
+            out.drop("unknown event", type(event).__name__)
+        self._on_timers(out)
+        out.deadline_ms = self._deadline()
+        return out
+
+    def _dispatch(self, m: Message, sender: int, out: Ready) -> None:
+        if isinstance(m, PrePrepare):
+            normal.on_pre_prepare(self, m, out)
+        elif isinstance(m, Prepare):
+            normal.on_prepare(self, m, out)
+        elif isinstance(m, Commit):
+            normal.on_commit(self, m, out)
+        elif isinstance(m, Checkpoint):
+            checkpoints.on_checkpoint(self, m, out)
+        elif isinstance(m, ViewChange):
+            viewchange.on_view_change(self, m, out)
+        elif isinstance(m, NewView):
+            viewchange.on_new_view(self, m, out)
+        elif isinstance(m, Request):
+            normal.on_request(self, m, out)
+        elif isinstance(m, FetchRequest):
+            statetransfer.on_fetch_request(self, m, out)
+        elif isinstance(m, FetchResponse):
+            statetransfer.on_fetch_response(self, m, out)
+        else:
+            out.drop("unknown message", type(m).__name__)
+
+    # -- timers --------------------------------------------------------------------------------
+
+    def _on_timers(self, out: Ready) -> None:
+        now = self.now_ms
+        if not self.view_active and self.vc_deadline_ms is None:
+            self.vc_deadline_ms = now + self.view_timeout_ms()
+        if self.vc_deadline_ms is not None and now >= self.vc_deadline_ms:
+            viewchange.on_view_timeout(self, out)
+        normal.maybe_propose(self, out)
+        if now >= self.next_retransmit_ms:
+            self.next_retransmit_ms = now + self.cfg.retransmit_ms
+            normal.retransmit(self, out)
+            viewchange.retransmit(self, out)
+            checkpoints.retransmit(self, out)
+            normal.relay_stale(self, out)
+        if now >= self.next_fetch_ms:
+            statetransfer.maybe_fetch(self, out)
+
+    def _deadline(self) -> int:
+        candidates = [self.next_retransmit_ms, self.next_fetch_ms]
+        if self.vc_deadline_ms is not None:
+            candidates.append(self.vc_deadline_ms)
+        batch_due = normal.batch_deadline(self)
+        if batch_due is not None:
+            candidates.append(batch_due)
+        return max(self.now_ms + 1, min(candidates))
+
+    def view_timeout_ms(self) -> int:
+        """Section 4.5.2: the timeout doubles for each view change that fails to complete."""
+        t = self.cfg.view_timeout_ms << min(self.vc_attempts, 16)
+        return min(t, self.cfg.max_view_timeout_ms)
+
+    def arm_view_timer(self) -> None:
+        """Start the view-change timer if requests are waiting and it is not running."""
+        if self.vc_deadline_ms is None and len(self.mempool):
+            self.vc_deadline_ms = self.now_ms + self.view_timeout_ms()
+
+    # -- helpers shared by the phases ----------------------------------------------------------
+
+    def sign(self, msg: S) -> S:
+        return replace(msg, signature=self.crypto.sign(msg.signing_bytes()))
+
+    def verify(self, msg: SignedMessage) -> bool:
+        return self.crypto.verify(msg.replica, msg.signing_bytes(), msg.signature)
+
+    def valid_replica(self, replica: int) -> bool:
+        return 0 <= replica < self.n
+
+    def broadcast(self, msg: Message, out: Ready) -> None:
+        out.send.append((None, msg))
+
+    def send_to(self, dest: int, msg: Message, out: Ready) -> None:
+        if dest != self.id:
+            out.send.append((dest, msg))
+
+    def persist_and_broadcast(self, msg: SignedMessage, out: Ready) -> None:
+        """Persist before send (section 4.2, and what makes crash recovery safe)."""
+        out.persist.append(msg)
+        out.send.append((None, msg))

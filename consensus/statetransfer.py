@@ -1,0 +1,78 @@
+"""State transfer (section 5.3.2, simplified): a replica that is behind fetches whole blocks with
+their commit certificates from peers and executes them after checking each certificate. A block
+is never accepted without 2f+1 valid commits for exactly its batch, so a lying peer can only
+waste our time, never corrupt the chain."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from consensus import checkpoints, normal
+from consensus.events import Ready
+from consensus.messages import FetchRequest, FetchResponse
+from consensus.quorum import check_commit_certificate
+
+if TYPE_CHECKING:
+    from consensus.replica import Replica
+
+
+def on_fetch_request(r: Replica, m: FetchRequest, out: Ready) -> None:
+    """Served by the shell from its block store; the core only bounds the range."""
+    if not r.valid_replica(m.replica) or m.replica == r.id:
+        out.drop("fetch from unknown replica", str(m.replica))
+        return
+    if m.from_seq < 1 or m.to_seq < m.from_seq or m.from_seq > r.last_executed:
+        return
+    to_seq = min(m.to_seq, r.last_executed, m.from_seq + r.cfg.fetch_batch_blocks - 1)
+    out.serve.append(FetchRequest(m.from_seq, to_seq, m.replica))
+
+
+def on_fetch_response(r: Replica, m: FetchResponse, out: Ready) -> None:
+    cfg = r.cfg
+    for block in sorted(m.blocks, key=lambda b: b.seq)[: cfg.fetch_batch_blocks]:
+        if block.seq <= r.last_executed:
+            continue
+        if block.seq != r.last_executed + 1:
+            break
+        digest = block.batch.digest()
+        reason = check_commit_certificate(
+            block.seq, digest, block.commits, cfg.n, cfg.quorum, r.crypto
+        )
+        if reason is not None:
+            out.drop("fetched block rejected", f"seq {block.seq} from {m.replica}: {reason}")
+            return
+        slot = r.log.get(block.seq)
+        decided = slot.pre_prepare if slot is not None and slot.certificate else None
+        if decided is not None and decided.digest != digest:
+            out.drop("fetched block conflicts with our certificate", f"seq {block.seq}")
+            return
+        normal.execute(r, block, out)
+    checkpoints.check_all_stable(r, out)
+    normal.try_execute(r, out)
+    if r.last_executed >= r.fetch_target:
+        r.next_fetch_ms = r.now_ms + r.cfg.idle_probe_ms
+    else:
+        r.next_fetch_ms = r.now_ms
+        maybe_fetch(r, out)
+
+
+def maybe_fetch(r: Replica, out: Ready) -> None:
+    """Ask the next peer (round robin) for blocks after our last executed one. Also runs, more
+    slowly, when we do not know we are behind: a replica that missed the last blocks of a burst
+    hears of them from nobody else."""
+    _note_gap(r)
+    behind = r.fetch_target > r.last_executed
+    r.next_fetch_ms = r.now_ms + (r.cfg.fetch_retry_ms if behind else r.cfg.idle_probe_ms)
+    r.fetch_peer = (r.fetch_peer + 1) % r.n
+    if r.fetch_peer == r.id:
+        r.fetch_peer = (r.fetch_peer + 1) % r.n
+    start = r.last_executed + 1
+    req = FetchRequest(start, start + r.cfg.fetch_batch_blocks - 1, r.id)
+    r.send_to(r.fetch_peer, req, out)
+
+
+def _note_gap(r: Replica) -> None:
+    """A committed slot above a missing one means the missing one was decided without us."""
+    for slot in r.log.slots():
+        if slot.seq > r.last_executed + 1 and slot.certificate is not None:
+            r.fetch_target = max(r.fetch_target, slot.seq)

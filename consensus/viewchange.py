@@ -1,0 +1,257 @@
+"""View changes (sections 4.4 and 4.5.2): replacing a faulty or slow primary.
+
+A backup whose timer expires moves to view v+1 and sends a view-change carrying its stable
+checkpoint and its prepared certificates. The primary of v+1 gathers 2f+1 of them and sends a
+new-view that re-issues, in v+1, every batch that may have committed (a null batch where none
+did). Every backup recomputes that choice from the same view-changes and checks it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from consensus import checkpoints, normal
+from consensus.events import Ready
+from consensus.hashing import GENESIS_HASH
+from consensus.messages import (
+    NULL_BATCH,
+    Batch,
+    Commit,
+    NewView,
+    Prepare,
+    PrePrepare,
+    ViewChange,
+)
+from consensus.quorum import check_checkpoint_proof, check_prepared_proof
+
+if TYPE_CHECKING:
+    from consensus.replica import Replica
+
+
+def on_view_timeout(r: Replica, out: Ready) -> None:
+    start_view_change(r, r.view + 1, out)
+
+
+def start_view_change(r: Replica, new_view: int, out: Ready) -> None:
+    """Stop accepting messages of the old view and vote for ``new_view`` (section 4.4)."""
+    if new_view <= r.view:
+        return
+    r.view = new_view
+    r.view_active = False
+    r.view_base_seq = 0
+    r.new_view_msg = None
+    r.buffered.clear()
+    for slot in r.log.slots():
+        slot.reset_for_view(new_view)
+    r.inflight_ids = {
+        tx_id: s.seq
+        for s in r.log.slots()
+        if s.pre_prepare is not None
+        for tx_id in s.pre_prepare.batch.tx_ids
+    }
+    r.mempool.requeue_all()
+    prepared = tuple(
+        s.prepared_proof
+        for s in r.log.slots()
+        if s.prepared_proof is not None and s.seq > r.stable_seq
+    )
+    vc = r.sign(ViewChange(new_view, r.stable_seq, r.stable_digest, r.stable_proof, prepared, r.id))
+    r.my_view_change = vc
+    r.view_changes[r.id] = vc
+    r.vc_deadline_ms = r.now_ms + r.view_timeout_ms()
+    r.vc_attempts += 1
+    out.view_changed = new_view
+    r.persist_and_broadcast(vc, out)
+    _try_new_view(r, out)
+
+
+def on_view_change(r: Replica, vc: ViewChange, out: Ready) -> None:
+    if not r.valid_replica(vc.replica) or vc.replica == r.id:
+        return
+    if vc.new_view < r.view or (vc.new_view == r.view and r.view_active):
+        _help_laggard(r, vc, out)
+        return
+    known = r.view_changes.get(vc.replica)
+    if known is not None and known.new_view >= vc.new_view:
+        return
+    reason = check_view_change(r, vc)
+    if reason is not None:
+        out.drop("invalid view-change", f"from {vc.replica}: {reason}")
+        return
+    r.view_changes[vc.replica] = vc
+    _join_if_f_plus_one(r, out)
+    _try_new_view(r, out)
+
+
+def note_higher_view(r: Replica, m: PrePrepare | Prepare | Commit, out: Ready) -> None:
+    """Messages of a later view from f+1 replicas mean we missed a view change (we were down,
+    partitioned, or caught up by state transfer): ask for the new-view by voting for the next
+    view; replicas already there answer with their new-view (``_help_laggard``)."""
+    if not r.view_active or not r.valid_replica(m.replica) or m.replica == r.id:
+        return
+    if r.higher_view.get(m.replica, -1) >= m.view or not r.verify(m):
+        return
+    r.higher_view[m.replica] = m.view
+    if sum(1 for v in r.higher_view.values() if v > r.view) >= r.cfg.weak_quorum:
+        r.higher_view.clear()
+        start_view_change(r, r.view + 1, out)
+
+
+def _help_laggard(r: Replica, vc: ViewChange, out: Ready) -> None:
+    """A replica still voting for a view we already entered missed the new-view: resend it."""
+    if r.view_active and r.new_view_msg is not None and r.new_view_msg.view == r.view:
+        r.send_to(vc.replica, r.new_view_msg, out)
+
+
+def _join_if_f_plus_one(r: Replica, out: Ready) -> None:
+    """Section 4.5.2: f+1 view-changes for views above ours prove the primary is suspected by
+    an honest replica; join the smallest such view without waiting for our own timer."""
+    ahead = sorted(vc.new_view for vc in r.view_changes.values() if vc.new_view > r.view)
+    if len(ahead) >= r.cfg.weak_quorum:
+        start_view_change(r, ahead[0] if ahead[0] > r.view else r.view + 1, out)
+
+
+def check_view_change(r: Replica, vc: ViewChange) -> str | None:
+    if not r.verify(vc):
+        return "bad signature"
+    cfg = r.cfg
+    if vc.stable_seq == 0:
+        if vc.stable_digest != GENESIS_HASH or vc.checkpoint_proof:
+            return "bad genesis checkpoint"
+    else:
+        reason = check_checkpoint_proof(
+            vc.stable_seq, vc.stable_digest, vc.checkpoint_proof, cfg.n, cfg.quorum, r.crypto
+        )
+        if reason is not None:
+            return reason
+    seen: set[int] = set()
+    for proof in vc.prepared:
+        pp = proof.pre_prepare
+        if pp.view >= vc.new_view or pp.seq in seen:
+            return f"prepared proof for seq {pp.seq} in view {pp.view} is not acceptable"
+        if not vc.stable_seq < pp.seq <= vc.stable_seq + cfg.watermark_window:
+            return f"prepared proof for seq {pp.seq} outside the sender's watermarks"
+        seen.add(pp.seq)
+        reason = check_prepared_proof(proof, cfg.n, cfg.quorum, cfg.primary(pp.view), r.crypto)
+        if reason is not None:
+            return reason
+    return None
+
+
+def _try_new_view(r: Replica, out: Ready) -> None:
+    if r.view_active or r.primary != r.id:
+        return
+    vcs = sorted(
+        (vc for vc in r.view_changes.values() if vc.new_view == r.view), key=lambda v: v.replica
+    )
+    if len(vcs) < r.cfg.quorum:
+        return
+    chosen = tuple(vcs[: r.cfg.quorum])
+    pps = tuple(
+        r.sign(PrePrepare(r.view, seq, batch.digest(), r.id, batch))
+        for seq, batch in compute_reissue(chosen)
+    )
+    nv = r.sign(NewView(r.view, chosen, pps, r.id))
+    r.persist_and_broadcast(nv, out)
+    enter_new_view(r, nv, out)
+
+
+def compute_reissue(vcs: tuple[ViewChange, ...]) -> list[tuple[int, Batch]]:
+    """The set O of section 4.4: for every seq between min-s and max-s, the batch prepared in
+    the highest view among the view-changes, or a null batch if none prepared there."""
+    min_s = max(vc.stable_seq for vc in vcs)
+    best: dict[int, tuple[int, Batch]] = {}
+    for vc in vcs:
+        for proof in vc.prepared:
+            pp = proof.pre_prepare
+            if pp.seq <= min_s:
+                continue
+            if pp.seq not in best or pp.view > best[pp.seq][0]:
+                best[pp.seq] = (pp.view, pp.batch)
+    max_s = max(best, default=min_s)
+    return [
+        (seq, best[seq][1] if seq in best else NULL_BATCH) for seq in range(min_s + 1, max_s + 1)
+    ]
+
+
+def on_new_view(r: Replica, nv: NewView, out: Ready) -> None:
+    if nv.view < r.view or (nv.view == r.view and r.view_active):
+        return
+    reason = check_new_view(r, nv)
+    if reason is not None:
+        out.drop("invalid new-view", f"view {nv.view} from {nv.replica}: {reason}")
+        return
+    if nv.view > r.view:
+        r.view = nv.view
+    out.persist.append(nv)
+    out.view_changed = nv.view
+    enter_new_view(r, nv, out)
+
+
+def check_new_view(r: Replica, nv: NewView) -> str | None:
+    cfg = r.cfg
+    if nv.replica != cfg.primary(nv.view):
+        return "not from the primary of that view"
+    if not r.verify(nv):
+        return "bad signature"
+    replicas = {vc.replica for vc in nv.view_changes}
+    if len(replicas) != len(nv.view_changes) or len(replicas) < cfg.quorum:
+        return f"needs {cfg.quorum} view-changes from distinct replicas"
+    for vc in nv.view_changes:
+        if vc.new_view != nv.view or not r.valid_replica(vc.replica):
+            return f"view-change from {vc.replica} is for another view"
+        reason = check_view_change(r, vc)
+        if reason is not None:
+            return f"view-change from {vc.replica}: {reason}"
+    expected = compute_reissue(nv.view_changes)
+    if len(expected) != len(nv.pre_prepares):
+        return "re-issued pre-prepares do not match the view-changes"
+    for (seq, batch), pp in zip(expected, nv.pre_prepares, strict=True):
+        if (pp.view, pp.seq, pp.replica) != (nv.view, seq, nv.replica):
+            return f"re-issued pre-prepare for seq {seq} is malformed"
+        if pp.digest != batch.digest() or pp.batch != batch:
+            return f"re-issued pre-prepare for seq {seq} has the wrong batch"
+        if not r.verify(pp):
+            return f"re-issued pre-prepare for seq {seq} has a bad signature"
+    return None
+
+
+def enter_new_view(r: Replica, nv: NewView, out: Ready) -> None:
+    """Install the new view: adopt its stable checkpoint, accept its pre-prepares, prepare them."""
+    r.view_active = True
+    r.new_view_msg = nv
+    r.vc_deadline_ms = None
+    r.arm_view_timer()
+    r.view_changes = {k: v for k, v in r.view_changes.items() if v.new_view > r.view}
+    base = max(nv.view_changes, key=lambda vc: vc.stable_seq)
+    r.view_base_seq = base.stable_seq
+    if base.stable_seq > r.stable_seq:
+        if base.stable_seq > r.last_executed:
+            r.fetch_target = max(r.fetch_target, base.stable_seq)
+        checkpoints.make_stable(r, base.stable_seq, base.stable_digest, base.checkpoint_proof, out)
+    r.inflight_ids = {}
+    r.mempool.requeue_all()
+    top = base.stable_seq
+    for pp in nv.pre_prepares:
+        top = max(top, pp.seq)
+        if pp.seq <= r.last_executed:
+            continue
+        slot = r.log.slot(pp.seq)
+        if slot.certificate is not None and slot.pre_prepare is not None:
+            # Decided already; keep the decided batch (safety makes the digests equal).
+            slot.pre_prepare = pp if slot.pre_prepare.digest == pp.digest else slot.pre_prepare
+        else:
+            slot.pre_prepare = pp
+        for tx_id in pp.batch.tx_ids:
+            r.inflight_ids[tx_id] = pp.seq
+        r.mempool.mark_proposed(pp.batch.tx_ids)
+        normal.send_prepare(r, slot, out)
+    r.next_seq = max(top, r.last_executed) + 1
+    normal.reforward_pending(r, out)
+    normal.try_execute(r, out)
+
+
+def retransmit(r: Replica, out: Ready) -> None:
+    """While waiting for a new-view, keep our view-change in flight (lost messages)."""
+    if not r.view_active and r.my_view_change is not None and r.my_view_change.new_view == r.view:
+        r.broadcast(r.my_view_change, out)
