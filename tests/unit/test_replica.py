@@ -1,0 +1,144 @@
+"""Unit tests of the pure core on a FIFO harness with real Ed25519 keys from fixed seeds."""
+
+from __future__ import annotations
+
+from consensus.config import ReplicaConfig
+from consensus.events import Receive, Tick
+from consensus.messages import Batch, Commit, Prepare, PrePrepare
+from tests.unit.core_harness import Cluster, Node, tx
+
+SMALL = {"max_batch_txs": 10, "checkpoint_interval": 4, "watermark_window": 8}
+
+
+def start(n: int = 4, **kw: int) -> Cluster:
+    c = Cluster(n, **{**SMALL, **kw})
+    for i in range(n):
+        c.feed(i, Tick())
+    return c
+
+
+def tx_count(node: Node) -> int:
+    return sum(len(b.block.batch.tx_ids) for b in node.blocks)
+
+
+def assert_same_chain(c: Cluster, nodes: list[int] | None = None) -> None:
+    ids = nodes if nodes is not None else list(range(c.n))
+    heads = {c.nodes[i].replica.head_hash for i in ids}
+    assert len(heads) == 1, [c.nodes[i].replica.last_executed for i in ids]
+
+
+def test_config_rejects_small_or_inconsistent_clusters() -> None:
+    for bad in ({"n": 3, "replica_id": 0}, {"n": 4, "replica_id": 4}):
+        try:
+            ReplicaConfig(**bad)  # type: ignore[arg-type]
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted {bad}")
+    assert ReplicaConfig(n=7, replica_id=0).quorum == 5
+    assert ReplicaConfig(n=4, replica_id=0).quorum == 3
+
+
+def test_normal_case_commits_every_transaction_once_in_the_same_order() -> None:
+    for n in (4, 7):
+        c = start(n)
+        c.submit(1, [tx(i) for i in range(95)])
+        c.run(500)
+        assert_same_chain(c)
+        assert all(tx_count(node) == 95 for node in c.nodes)
+        ids = [t for b in c.nodes[0].blocks for t in b.block.batch.tx_ids]
+        assert len(ids) == len(set(ids)) == 95
+
+
+def test_duplicate_submissions_commit_once() -> None:
+    c = start()
+    txs = [tx(i) for i in range(20)]
+    for i in range(4):
+        c.submit(i, txs)
+    c.run(300)
+    c.submit(2, txs)
+    c.run(300)
+    assert all(tx_count(node) == 20 for node in c.nodes)
+
+
+def test_checkpoints_garbage_collect_the_log() -> None:
+    c = start()
+    c.submit(0, [tx(i) for i in range(200)])
+    c.run(2000)
+    for node in c.nodes:
+        r = node.replica
+        assert r.last_executed >= 20
+        assert r.stable_seq >= r.last_executed - r.cfg.checkpoint_interval
+        assert len(r.log) <= r.cfg.watermark_window
+        assert all(s > r.stable_seq for s in r.log.seqs())
+
+
+def test_crashed_primary_is_replaced_and_requests_survive() -> None:
+    c = start()
+    c.submit(1, [tx(i) for i in range(30)])
+    c.run(300)
+    c.down = {0}
+    c.submit(2, [tx(i) for i in range(100, 140)])
+    c.run(8000)
+    assert [n.replica.view for n in c.nodes[1:]] == [1, 1, 1]
+    assert all(tx_count(n) == 70 for n in c.nodes[1:])
+    assert_same_chain(c, [1, 2, 3])
+    c.down = set()
+    c.submit(3, [tx(i) for i in range(200, 210)])
+    c.run(6000)
+    assert_same_chain(c)
+    assert c.nodes[0].replica.view == 1, "a stale replica must learn the new view"
+
+
+def test_backup_rejects_conflicting_and_forged_pre_prepares() -> None:
+    c = start()
+    primary = c.nodes[0].replica
+    batch = Batch(0, 0, 0, (tx(1)[0],), (tx(1)[1],))
+    good = primary.sign(PrePrepare(0, 1, batch.digest(), 0, batch))
+    other = Batch(0, 0, 0, (tx(2)[0],), (tx(2)[1],))
+    conflicting = primary.sign(PrePrepare(0, 1, other.digest(), 0, other))
+    forged = PrePrepare(0, 2, other.digest(), 0, other, signature=b"\x00" * 64)
+    backup = c.nodes[1].replica
+    out1 = backup.step(Receive(good, 0), 0)
+    assert any(isinstance(m, Prepare) for _, m in out1.send)
+    out2 = backup.step(Receive(conflicting, 0), 0)
+    assert not any(isinstance(m, Prepare) for _, m in out2.send)
+    assert any("equivocation" in reason for reason, _ in out2.dropped)
+    out3 = backup.step(Receive(forged, 0), 0)
+    assert any(reason == "bad signature" for reason, _ in out3.dropped)
+
+
+def test_invalid_transactions_are_not_voted_for() -> None:
+    c = start()
+    bad = (b"x" * 32, b"bad-tx")
+    batch = Batch(0, 0, 0, (bad[0],), (bad[1],))
+    pp = c.nodes[0].replica.sign(PrePrepare(0, 1, batch.digest(), 0, batch))
+    out = c.nodes[1].replica.step(Receive(pp, 0), 0)
+    assert not out.send
+    assert any(reason == "invalid batch" for reason, _ in out.dropped)
+
+
+def test_restarted_replica_never_contradicts_what_it_signed() -> None:
+    c = start()
+    primary = c.nodes[0].replica
+    a = Batch(0, 0, 0, (tx(1)[0],), (tx(1)[1],))
+    b = Batch(0, 0, 0, (tx(2)[0],), (tx(2)[1],))
+    backup = c.nodes[1]
+    out = backup.replica.step(Receive(primary.sign(PrePrepare(0, 1, a.digest(), 0, a)), 0), 0)
+    backup.persisted.extend(out.persist)
+    restarted = c._make(1, c.overrides, persisted=backup.persisted)
+    out2 = restarted.replica.step(Receive(primary.sign(PrePrepare(0, 1, b.digest(), 0, b)), 0), 10)
+    votes = [m for _, m in out2.send if isinstance(m, Prepare | Commit)]
+    assert votes, "the restarted replica re-sends what it signed before"
+    assert all(m.digest == a.digest() for m in votes), "and never a conflicting vote"
+
+
+def test_replica_behind_catches_up_by_state_transfer() -> None:
+    c = start()
+    c.down = {3}
+    c.submit(0, [tx(i) for i in range(120)])
+    c.run(2000)
+    assert c.nodes[3].replica.last_executed == 0
+    c.down = set()
+    c.run(5000)
+    assert_same_chain(c)
+    assert tx_count(c.nodes[3]) == 120
