@@ -35,10 +35,12 @@ def merkle_root(leaves: Sequence[bytes]) -> bytes:
     """Binary Merkle root (RFC 6962 style: leaf and node prefixes; an odd node is promoted)."""
     if not leaves:
         return h(b"medchain/merkle/empty")
-    level = [h(b"medchain/merkle/leaf", leaf) for leaf in leaves]
+    # Leaves are fixed-size ids, so one-byte prefixes suffice to separate leaves from nodes.
+    sha = hashlib.sha256
+    level = [sha(b"\x00" + leaf).digest() for leaf in leaves]
     while len(level) > 1:
         pairs = range(0, len(level) - 1, 2)
-        nxt = [h(b"medchain/merkle/node", level[i], level[i + 1]) for i in pairs]
+        nxt = [sha(b"\x01" + level[i] + level[i + 1]).digest() for i in pairs]
         if len(level) % 2:
             nxt.append(level[-1])
         level = nxt

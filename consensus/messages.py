@@ -7,7 +7,7 @@ fixed-order tuple (never a dict). The ``signature`` field is excluded from it. W
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from consensus.hashing import batch_digest, canonical, h, merkle_root
 
@@ -28,11 +28,20 @@ class Batch:
     timestamp_ms: int
     tx_ids: tuple[bytes, ...]
     txs: tuple[bytes, ...]
+    _digest: bytes = field(init=False, repr=False, compare=False, default=b"")
 
     def digest(self) -> bytes:
-        return batch_digest(
-            self.view, self.proposer, self.timestamp_ms, merkle_root(self.tx_ids), len(self.tx_ids)
-        )
+        """Computed once: the Merkle root over hundreds of ids is the core's hottest hash."""
+        if not self._digest:
+            d = batch_digest(
+                self.view,
+                self.proposer,
+                self.timestamp_ms,
+                merkle_root(self.tx_ids),
+                len(self.tx_ids),
+            )
+            object.__setattr__(self, "_digest", d)
+        return self._digest
 
     @property
     def is_null(self) -> bool:
