@@ -101,6 +101,8 @@ def make_stable(
         del r.my_checkpoints[s]
     for s in [s for s in r.buffered if s <= seq]:
         del r.buffered[s]
+    for d in [d for d, (s, _) in r.batches.items() if s <= seq]:
+        del r.batches[d]
 
 
 def retransmit(r: Replica, out: Ready) -> None:

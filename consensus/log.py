@@ -23,6 +23,8 @@ class Slot:
     my_commit: Commit | None = None
     prepared_proof: PreparedProof | None = None
     """Highest-view prepared certificate, carried into view-change messages (section 4.4)."""
+    sent_ms: int = -(1 << 62)
+    """When this replica last sent its own message for this slot (drives retransmission)."""
     certificate: tuple[Commit, ...] | None = None
     """2f+1 matching commits: the slot is committed and may execute once its turn comes."""
 

@@ -7,7 +7,7 @@ fixed-order tuple (never a dict). The ``signature`` field is excluded from it. W
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from consensus.hashing import batch_digest, canonical, h, merkle_root
 
@@ -20,7 +20,8 @@ class Batch:
 
     ``view`` and ``proposer`` name where the batch was first proposed; a batch re-proposed in a
     new view keeps them, so every replica derives the same block whatever view commits it.
-    ``txs`` are encoded signed transactions, opaque to the core; ``tx_ids`` their ids.
+    ``txs`` are encoded signed transactions, opaque to the core; ``tx_ids`` their ids. ``txs``
+    is empty in a stripped batch (see ``stripped``).
     """
 
     view: int
@@ -46,6 +47,19 @@ class Batch:
     @property
     def is_null(self) -> bool:
         return self.proposer == NO_PROPOSER
+
+    @property
+    def is_stripped(self) -> bool:
+        """Ids without transactions: enough to check the digest, not to execute."""
+        return not self.txs and bool(self.tx_ids)
+
+    def stripped(self) -> Batch:
+        """The same batch (same digest) without its transactions. View-change and new-view
+        messages carry batches that are already committed in this form, which keeps them small;
+        a replica lacking the transactions fetches the committed block instead."""
+        if not self.txs:
+            return self
+        return Batch(self.view, self.proposer, self.timestamp_ms, self.tx_ids, ())
 
 
 NULL_BATCH = Batch(view=0, proposer=NO_PROPOSER, timestamp_ms=0, tx_ids=(), txs=())
@@ -146,6 +160,14 @@ class ViewChange:
 
     def signing_bytes(self) -> bytes:
         return canonical(b"medchain/view-change", self.summary())
+
+    def stripped(self) -> ViewChange:
+        """Signatures cover digests only, so stripping batches keeps this view-change valid."""
+        prepared = tuple(
+            PreparedProof(replace(p.pre_prepare, batch=p.pre_prepare.batch.stripped()), p.prepares)
+            for p in self.prepared
+        )
+        return replace(self, prepared=prepared)
 
     def ref(self) -> bytes:
         """A short binding reference to this signed view-change (used inside new-view)."""

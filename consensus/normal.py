@@ -130,6 +130,8 @@ def _propose(r: Replica, out: Ready) -> None:
     pp = r.sign(PrePrepare(r.view, seq, batch.digest(), r.id, batch))
     slot = r.log.slot(seq)
     slot.pre_prepare = pp
+    slot.sent_ms = r.now_ms
+    r.remember_batch(seq, batch)
     for tx_id in ids:
         r.inflight_ids[tx_id] = seq
     r.persist_and_broadcast(pp, out)
@@ -183,6 +185,7 @@ def _accept(r: Replica, slot: Slot, pp: PrePrepare, out: Ready) -> None:
         out.drop("invalid batch", f"seq {pp.seq}: {reason}")
         return
     slot.pre_prepare = pp
+    r.remember_batch(pp.seq, pp.batch)
     for tx_id in pp.batch.tx_ids:
         r.inflight_ids[tx_id] = pp.seq
     r.mempool.mark_proposed(pp.batch.tx_ids)
@@ -218,6 +221,7 @@ def send_prepare(r: Replica, slot: Slot, out: Ready) -> None:
     if not r.is_primary and slot.my_prepare is None:
         p = r.sign(Prepare(pp.view, pp.seq, pp.digest, r.id))
         slot.my_prepare = p
+        slot.sent_ms = r.now_ms
         slot.prepares.add((p.view, p.digest), p, r.id)
         r.persist_and_broadcast(p, out)
     _check_prepared(r, slot, out)
@@ -281,6 +285,7 @@ def _check_prepared(r: Replica, slot: Slot, out: Ready) -> None:
     out.persist.extend(p for p in proof.prepares if p.replica != r.id)
     c = r.sign(Commit(pp.view, pp.seq, pp.digest, r.id))
     slot.my_commit = c
+    slot.sent_ms = r.now_ms
     slot.commits.add((c.view, c.digest), c, r.id)
     r.persist_and_broadcast(c, out)
     _check_committed(r, slot, out)
@@ -307,7 +312,12 @@ def try_execute(r: Replica, out: Ready) -> None:
         slot = r.log.get(r.last_executed + 1)
         if slot is None or slot.certificate is None or slot.pre_prepare is None:
             return
-        execute(r, CertifiedBlock(slot.seq, slot.pre_prepare.batch, slot.certificate), out)
+        batch = r.full_batch(slot.pre_prepare.batch)
+        if batch.is_stripped:
+            # Decided, but we hold only its digest (new-view re-issued it stripped): fetch it.
+            r.fetch_target = max(r.fetch_target, slot.seq)
+            return
+        execute(r, CertifiedBlock(slot.seq, batch, slot.certificate), out)
 
 
 def execute(r: Replica, block: CertifiedBlock, out: Ready) -> None:
@@ -316,6 +326,7 @@ def execute(r: Replica, block: CertifiedBlock, out: Ready) -> None:
     prev = r.head_hash
     r.head_hash = chain_link(block.seq, prev, block.batch.digest())
     r.last_executed = block.seq
+    r.remember_batch(block.seq, block.batch)
     out.committed.append(Committed(block, prev, r.head_hash))
     r.mempool.remove(block.batch.tx_ids)
     for tx_id in block.batch.tx_ids:
@@ -338,9 +349,11 @@ def retransmit(r: Replica, out: Ready) -> None:
     """Re-send our own votes for slots not yet executed, so lost messages do not stall a slot."""
     if not r.view_active:
         return
+    quiet_since = r.now_ms - r.cfg.retransmit_ms
     for slot in r.log.slots():
-        if slot.seq <= r.last_executed:
+        if slot.seq <= r.last_executed or slot.sent_ms > quiet_since:
             continue
+        slot.sent_ms = r.now_ms
         pp = slot.pre_prepare
         if pp is not None and pp.replica == r.id and pp.view == r.view:
             r.broadcast(pp, out)

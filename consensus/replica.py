@@ -18,6 +18,7 @@ from consensus.hashing import GENESIS_HASH
 from consensus.log import Log
 from consensus.mempool import Mempool
 from consensus.messages import (
+    Batch,
     Checkpoint,
     Commit,
     FetchRequest,
@@ -67,6 +68,8 @@ class Replica:
         self.my_checkpoints: dict[int, bytes] = {}
 
         self.log = Log()
+        self.batches: dict[bytes, tuple[int, Batch]] = {}
+        """Full batches by digest, for seqs above the stable checkpoint: fills in stripped ones."""
         self.buffered: dict[int, PrePrepare] = {}
         self.inflight_ids: dict[bytes, int] = {}
         self.next_seq = last_executed + 1
@@ -198,6 +201,17 @@ class Replica:
 
     def verify(self, msg: SignedMessage) -> bool:
         return self.crypto.verify(msg.replica, msg.signing_bytes(), msg.signature)
+
+    def remember_batch(self, seq: int, batch: Batch) -> None:
+        if batch.txs:
+            self.batches[batch.digest()] = (seq, batch)
+
+    def full_batch(self, batch: Batch) -> Batch:
+        """``batch`` with its transactions if this replica has them, else as it is."""
+        if not batch.is_stripped:
+            return batch
+        known = self.batches.get(batch.digest())
+        return batch if known is None else known[1]
 
     def valid_replica(self, replica: int) -> bool:
         return 0 <= replica < self.n

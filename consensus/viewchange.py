@@ -8,6 +8,7 @@ did). Every backup recomputes that choice from the same view-changes and checks 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from consensus import checkpoints, normal
@@ -19,6 +20,7 @@ from consensus.messages import (
     Commit,
     NewView,
     Prepare,
+    PreparedProof,
     PrePrepare,
     ViewChange,
 )
@@ -51,7 +53,7 @@ def start_view_change(r: Replica, new_view: int, out: Ready) -> None:
     }
     r.mempool.requeue_all()
     prepared = tuple(
-        s.prepared_proof
+        _proof_for_view_change(r, s.seq, s.prepared_proof)
         for s in r.log.slots()
         if s.prepared_proof is not None and s.seq > r.stable_seq
     )
@@ -63,6 +65,15 @@ def start_view_change(r: Replica, new_view: int, out: Ready) -> None:
     out.view_changed = new_view
     r.persist_and_broadcast(vc, out)
     _try_new_view(r, out)
+
+
+def _proof_for_view_change(r: Replica, seq: int, proof: PreparedProof) -> PreparedProof:
+    """Batches we executed are committed, so whoever lacks them can fetch them by state
+    transfer: send only their digests, which bounds a view-change to the in-flight batches."""
+    if seq > r.last_executed:
+        return proof
+    pp = proof.pre_prepare
+    return PreparedProof(replace(pp, batch=pp.batch.stripped()), proof.prepares)
 
 
 def on_view_change(r: Replica, vc: ViewChange, out: Ready) -> None:
@@ -146,14 +157,22 @@ def _try_new_view(r: Replica, out: Ready) -> None:
     )
     if len(vcs) < r.cfg.quorum:
         return
-    chosen = tuple(vcs[: r.cfg.quorum])
+    chosen = tuple(vc.stripped() for vc in vcs[: r.cfg.quorum])
     pps = tuple(
-        r.sign(PrePrepare(r.view, seq, batch.digest(), r.id, batch))
+        r.sign(PrePrepare(r.view, seq, batch.digest(), r.id, _reissued_batch(r, seq, batch)))
         for seq, batch in compute_reissue(chosen)
     )
     nv = r.sign(NewView(r.view, chosen, pps, r.id))
     r.persist_and_broadcast(nv, out)
     enter_new_view(r, nv, out)
+
+
+def _reissued_batch(r: Replica, seq: int, batch: Batch) -> Batch:
+    """Full transactions only where some replica may still need them to execute: seqs we have
+    executed ourselves are committed and fetchable, so they go stripped."""
+    if seq <= r.last_executed:
+        return batch.stripped()
+    return r.full_batch(batch)
 
 
 def compute_reissue(vcs: tuple[ViewChange, ...]) -> list[tuple[int, Batch]]:
@@ -166,7 +185,8 @@ def compute_reissue(vcs: tuple[ViewChange, ...]) -> list[tuple[int, Batch]]:
             pp = proof.pre_prepare
             if pp.seq <= min_s:
                 continue
-            if pp.seq not in best or pp.view > best[pp.seq][0]:
+            known = best.get(pp.seq)
+            if known is None or pp.view > known[0] or (pp.view == known[0] and pp.batch.txs):
                 best[pp.seq] = (pp.view, pp.batch)
     max_s = max(best, default=min_s)
     return [
@@ -209,7 +229,7 @@ def check_new_view(r: Replica, nv: NewView) -> str | None:
     for (seq, batch), pp in zip(expected, nv.pre_prepares, strict=True):
         if (pp.view, pp.seq, pp.replica) != (nv.view, seq, nv.replica):
             return f"re-issued pre-prepare for seq {seq} is malformed"
-        if pp.digest != batch.digest() or pp.batch != batch:
+        if pp.digest != batch.digest() or pp.batch.digest() != pp.digest:
             return f"re-issued pre-prepare for seq {seq} has the wrong batch"
         if not r.verify(pp):
             return f"re-issued pre-prepare for seq {seq} has a bad signature"
@@ -237,11 +257,14 @@ def enter_new_view(r: Replica, nv: NewView, out: Ready) -> None:
         if pp.seq <= r.last_executed:
             continue
         slot = r.log.slot(pp.seq)
+        pp = replace(pp, batch=r.full_batch(pp.batch))
         if slot.certificate is not None and slot.pre_prepare is not None:
             # Decided already; keep the decided batch (safety makes the digests equal).
-            slot.pre_prepare = pp if slot.pre_prepare.digest == pp.digest else slot.pre_prepare
+            if slot.pre_prepare.digest == pp.digest and pp.batch.txs:
+                slot.pre_prepare = pp
         else:
             slot.pre_prepare = pp
+        r.remember_batch(pp.seq, pp.batch)
         for tx_id in pp.batch.tx_ids:
             r.inflight_ids[tx_id] = pp.seq
         r.mempool.mark_proposed(pp.batch.tx_ids)
