@@ -1,0 +1,434 @@
+"""One node's durable state in SQLite: the chain, its tx index, and consensus messages.
+
+One connection, used from one thread (the node's event loop thread; sqlite3 enforces it). WAL
+mode with ``synchronous=NORMAL``: a committed transaction survives the process being killed
+(kill -9, crash) because it is in the WAL file when ``commit()`` returns; a power failure may
+lose the last transactions. Pass ``synchronous="FULL"`` to survive that too, at an fsync per
+transaction.
+
+Every write is one SQL transaction, so a crash leaves either all of it or none: a batch of
+blocks and their tx index rows, or a batch of persisted consensus messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Final
+
+from consensus.hashing import GENESIS_HASH, chain_link
+from consensus.messages import (
+    Checkpoint,
+    Commit,
+    Message,
+    NewView,
+    Prepare,
+    PrePrepare,
+    ViewChange,
+)
+from node.codec import CodecError, decode_message, encode_message
+from node.ledger import Block, decode_block, encode_block
+
+SCHEMA_VERSION: Final = "1"
+MAX_BLOCKS_PER_QUERY: Final = 1000
+"""get_blocks / get_blocks_raw return at most this many blocks per call."""
+MAX_PERSISTED_MESSAGES: Final = 1_000_000
+"""load_messages refuses more than this: the log is truncated at every stable checkpoint, so a
+table this large means truncation is broken, and loading it would exhaust memory."""
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS blocks (
+    height    INTEGER PRIMARY KEY,
+    hash      BLOB NOT NULL,
+    prev_hash BLOB NOT NULL,
+    data      BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS txs (
+    tx_id  BLOB PRIMARY KEY,
+    height INTEGER NOT NULL,
+    idx    INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS txs_by_height ON txs(height);
+CREATE TABLE IF NOT EXISTS consensus_messages (
+    id      INTEGER PRIMARY KEY,
+    kind    TEXT NOT NULL,
+    view    INTEGER,
+    seq     INTEGER,
+    replica INTEGER NOT NULL,
+    digest  BLOB NOT NULL UNIQUE,
+    data    BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS consensus_messages_by_kind_seq ON consensus_messages(kind, seq);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id             INTEGER PRIMARY KEY,
+    height         INTEGER NOT NULL,
+    replaced_at_ms INTEGER NOT NULL,
+    reason         TEXT NOT NULL,
+    data           BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+_KINDS: Final[dict[type, str]] = {
+    PrePrepare: "pre-prepare",
+    Prepare: "prepare",
+    Commit: "commit",
+    Checkpoint: "checkpoint",
+    ViewChange: "view-change",
+    NewView: "new-view",
+}
+
+
+class StoreError(Exception):
+    """A write would break the chain's invariants, or the database is unusable."""
+
+
+class CorruptBlockError(StoreError):
+    """A stored block no longer decodes (disk corruption or tampering); see replace_block."""
+
+    def __init__(self, height: int, reason: str) -> None:
+        super().__init__(f"block {height} is corrupt: {reason}")
+        self.height = height
+        self.reason = reason
+
+
+def _columns(msg: Message) -> tuple[str, int | None, int | None, int]:
+    """(kind, view, seq, replica) for the message table; view-change stores stable_seq as seq."""
+    kind = _KINDS.get(type(msg))
+    if kind is None:
+        raise StoreError(f"{type(msg).__name__} is not a persistable consensus message")
+    if isinstance(msg, PrePrepare | Prepare | Commit):
+        return kind, msg.view, msg.seq, msg.replica
+    if isinstance(msg, Checkpoint):
+        return kind, None, msg.seq, msg.replica
+    if isinstance(msg, ViewChange):
+        return kind, msg.new_view, msg.stable_seq, msg.replica
+    assert isinstance(msg, NewView)
+    return kind, msg.view, None, msg.replica
+
+
+class Store:
+    """The node's SQLite database; see the module docstring for threading and durability."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError("synchronous must be 'NORMAL' or 'FULL'")
+        self.path = Path(path)
+        # isolation_level=None: no implicit transactions; every write below opens its own with
+        # BEGIN IMMEDIATE so it takes the write lock up front and commits or rolls back whole.
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                # The durability argument above assumes WAL; refuse rather than run without it.
+                raise StoreError(f"{self.path}: cannot enable WAL journal mode (got {mode})")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._init_schema()
+            self._head = self._load_head()
+        except BaseException:
+            self._db.close()
+            raise
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _init_schema(self) -> None:
+        with self._write():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                self._db.execute(
+                    "INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+                )
+            elif row[0] != SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: schema version {row[0]}, this build uses {SCHEMA_VERSION}"
+                )
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[None]:
+        """One SQL transaction: committed whole on success, rolled back whole on any error."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            # Also after a failed COMMIT (disk full, I/O error): never leave a transaction open
+            # for the next write to silently join.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
+    # -- chain -------------------------------------------------------------------------------
+
+    def _load_head(self) -> tuple[int, bytes]:
+        row = self._db.execute(
+            "SELECT height, hash FROM blocks ORDER BY height DESC LIMIT 1"
+        ).fetchone()
+        return (0, GENESIS_HASH) if row is None else (row[0], bytes(row[1]))
+
+    def head(self) -> tuple[int, bytes]:
+        """(height, hash) of the last block; (0, GENESIS_HASH) for an empty chain."""
+        return self._head
+
+    def append_blocks(self, blocks: Sequence[Block]) -> None:
+        """Append blocks to the chain in one transaction.
+
+        The store checks the chain's shape (contiguous heights, each block linking to the one
+        before, the hash matching the header, no tx id committed twice), not certificates or
+        signatures: callers append only blocks the core committed or that verify_block accepted.
+        """
+        if not blocks:
+            return
+        height, head = self._head
+        rows: list[tuple[int, bytes, bytes, bytes]] = []
+        tx_rows: list[tuple[bytes, int, int]] = []
+        for block in blocks:
+            _check_link(block, height + 1, head)
+            rows.append((block.height, block.block_hash, block.prev_hash, encode_block(block)))
+            tx_rows.extend((tx_id, block.height, i) for i, tx_id in enumerate(block.tx_ids))
+            height, head = block.height, block.block_hash
+        try:
+            with self._write():
+                self._db.executemany(
+                    "INSERT INTO blocks(height, hash, prev_hash, data) VALUES (?, ?, ?, ?)", rows
+                )
+                self._db.executemany(
+                    "INSERT INTO txs(tx_id, height, idx) VALUES (?, ?, ?)", tx_rows
+                )
+        except sqlite3.IntegrityError as e:
+            raise StoreError(f"cannot append blocks: {_integrity_reason(e)}") from None
+        self._head = (height, head)
+
+    def get_block_raw(self, height: int) -> bytes | None:
+        row = self._db.execute("SELECT data FROM blocks WHERE height = ?", (height,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def get_block(self, height: int) -> Block | None:
+        """The block at ``height``; CorruptBlockError if its stored bytes no longer decode."""
+        raw = self.get_block_raw(height)
+        return None if raw is None else _decode_stored(height, raw)
+
+    def get_blocks_raw(self, from_height: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` (at most MAX_BLOCKS_PER_QUERY) encoded blocks from ``from_height`` on."""
+        if limit < 1:
+            raise ValueError(f"limit must be positive, got {limit}")
+        rows = self._db.execute(
+            "SELECT height, data FROM blocks WHERE height >= ? ORDER BY height LIMIT ?",
+            (from_height, min(limit, MAX_BLOCKS_PER_QUERY)),
+        ).fetchall()
+        return [(h, bytes(d)) for h, d in rows]
+
+    def get_blocks(self, from_height: int, limit: int) -> list[Block]:
+        return [_decode_stored(h, d) for h, d in self.get_blocks_raw(from_height, limit)]
+
+    def iter_blocks(self, from_height: int = 1) -> Iterator[Block]:
+        """Every block from ``from_height`` to the head, fetched in bounded pages."""
+        next_height = from_height
+        while True:
+            page = self.get_blocks(next_height, MAX_BLOCKS_PER_QUERY)
+            if not page:
+                return
+            yield from page
+            next_height = page[-1].height + 1
+
+    def tx_height(self, tx_id: bytes) -> int | None:
+        row = self._db.execute("SELECT height FROM txs WHERE tx_id = ?", (tx_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def tx_location(self, tx_id: bytes) -> tuple[int, int] | None:
+        """(height, index in block) of a committed tx."""
+        row = self._db.execute("SELECT height, idx FROM txs WHERE tx_id = ?", (tx_id,)).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def is_committed(self, tx_id: bytes) -> bool:
+        return self.tx_height(tx_id) is not None
+
+    def tx_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM txs").fetchone()[0])
+
+    # -- repair (audit) ----------------------------------------------------------------------
+
+    def replace_block(self, height: int, block: Block, *, reason: str = "repair") -> None:
+        """Replace a stored block (corrupted on disk) with a verified copy, keeping the old
+        bytes in the quarantine table for forensics.
+
+        The replacement must fit the chain exactly where it goes: link to the stored hash at
+        height-1 and be the block that height+1 links to (for the head: have the stored hash).
+        Callers verify it (verify_block) first; the store checks only the chain's shape.
+        """
+        if block.height != height:
+            raise StoreError(f"replacement is block {block.height}, not {height}")
+        row = self._db.execute(
+            "SELECT hash, data FROM blocks WHERE height = ?", (height,)
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"no block {height} to replace")
+        stored_hash, old_data = bytes(row[0]), bytes(row[1])
+        _check_link(block, height, self._hash_at(height - 1))
+        nxt = self._db.execute(
+            "SELECT prev_hash FROM blocks WHERE height = ?", (height + 1,)
+        ).fetchone()
+        expected = stored_hash if nxt is None else bytes(nxt[0])
+        if block.block_hash != expected:
+            raise StoreError(f"replacement for block {height} does not link to the chain after it")
+        try:
+            with self._write():
+                self._db.execute(
+                    "INSERT INTO quarantine(height, replaced_at_ms, reason, data) "
+                    "VALUES (?, ?, ?, ?)",
+                    (height, int(time.time() * 1000), reason, old_data),
+                )
+                self._db.execute("DELETE FROM txs WHERE height = ?", (height,))
+                self._db.executemany(
+                    "INSERT INTO txs(tx_id, height, idx) VALUES (?, ?, ?)",
+                    [(tx_id, height, i) for i, tx_id in enumerate(block.tx_ids)],
+                )
+                self._db.execute(
+                    "UPDATE blocks SET hash = ?, prev_hash = ?, data = ? WHERE height = ?",
+                    (block.block_hash, block.prev_hash, encode_block(block), height),
+                )
+        except sqlite3.IntegrityError as e:
+            raise StoreError(f"cannot replace block {height}: {_integrity_reason(e)}") from None
+        if height == self._head[0]:
+            self._head = (height, block.block_hash)
+
+    def quarantined(self) -> list[tuple[int, str, bytes]]:
+        """(height, reason, old bytes) of every block replaced, oldest first."""
+        rows = self._db.execute(
+            "SELECT height, reason, data FROM quarantine ORDER BY id"
+        ).fetchall()
+        return [(int(h), str(r), bytes(d)) for h, r, d in rows]
+
+    def _hash_at(self, height: int) -> bytes:
+        if height == 0:
+            return GENESIS_HASH
+        row = self._db.execute("SELECT hash FROM blocks WHERE height = ?", (height,)).fetchone()
+        if row is None:
+            raise StoreError(f"no block {height}")
+        return bytes(row[0])
+
+    # -- consensus messages ------------------------------------------------------------------
+
+    def save_messages(self, msgs: Sequence[Message]) -> None:
+        """Persist messages the replica must remember across a restart (one transaction,
+        committed before return). Saving a message already stored is a no-op."""
+        if not msgs:
+            return
+        rows = []
+        for msg in msgs:
+            kind, view, seq, replica = _columns(msg)
+            data = encode_message(msg)
+            rows.append((kind, view, seq, replica, hashlib.sha256(data).digest(), data))
+        with self._write():
+            self._db.executemany(
+                "INSERT OR IGNORE INTO consensus_messages(kind, view, seq, replica, digest, data) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def load_messages(self) -> list[Message]:
+        """Every persisted message, in the order saved. StoreError if one no longer decodes:
+        a replica that cannot read what it signed must not run (it could contradict itself)."""
+        count = int(self._db.execute("SELECT COUNT(*) FROM consensus_messages").fetchone()[0])
+        if count > MAX_PERSISTED_MESSAGES:
+            raise StoreError(
+                f"{count} persisted consensus messages (limit {MAX_PERSISTED_MESSAGES}): "
+                "the log is not being truncated"
+            )
+        out: list[Message] = []
+        for row_id, kind, data in self._db.execute(
+            "SELECT id, kind, data FROM consensus_messages ORDER BY id"
+        ):
+            try:
+                out.append(decode_message(bytes(data)))
+            except CodecError as e:
+                raise StoreError(f"persisted {kind} message #{row_id} is corrupt: {e}") from None
+        return out
+
+    def message_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM consensus_messages").fetchone()[0])
+
+    def truncate_messages(self, through_seq: int) -> None:
+        """Forget the log up to a stable checkpoint at ``through_seq``: pre-prepares, prepares
+        and commits with seq <= through_seq, and checkpoints below it (the checkpoints AT it
+        are the stable checkpoint's proof, needed for view changes)."""
+        with self._write():
+            self._db.execute(
+                "DELETE FROM consensus_messages "
+                "WHERE kind IN ('pre-prepare', 'prepare', 'commit') AND seq <= ?",
+                (through_seq,),
+            )
+            self._db.execute(
+                "DELETE FROM consensus_messages WHERE kind = 'checkpoint' AND seq < ?",
+                (through_seq,),
+            )
+
+    def truncate_views(self, below_view: int) -> None:
+        """Forget view-change and new-view messages for views before ``below_view`` (once a
+        later view is installed they are never needed again)."""
+        with self._write():
+            self._db.execute(
+                "DELETE FROM consensus_messages "
+                "WHERE kind IN ('view-change', 'new-view') AND view < ?",
+                (below_view,),
+            )
+
+    # -- meta --------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._write():
+            self._db.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+
+def _check_link(block: Block, height: int, prev_hash: bytes) -> None:
+    if block.height != height:
+        raise StoreError(f"expected block at height {height}, got {block.height}")
+    if block.prev_hash != prev_hash:
+        raise StoreError(f"block {block.height} does not link to block {height - 1}")
+    if chain_link(block.height, block.prev_hash, block.digest) != block.block_hash:
+        raise StoreError(f"block {block.height}: hash does not match its header")
+
+
+def _decode_stored(height: int, raw: bytes) -> Block:
+    try:
+        block = decode_block(raw)
+    except CodecError as e:
+        raise CorruptBlockError(height, e.reason) from None
+    if block.height != height:
+        raise CorruptBlockError(height, f"stored under height {height} but says {block.height}")
+    return block
+
+
+def _integrity_reason(e: sqlite3.IntegrityError) -> str:
+    text = str(e)
+    if "txs.tx_id" in text:
+        return "a transaction is already committed"
+    if "blocks.height" in text:
+        return "a block at that height already exists"
+    return text
