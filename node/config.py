@@ -1,0 +1,554 @@
+"""Node configuration: one TOML file per node, loaded into frozen dataclasses.
+
+Layout (see ``configs/defaults.toml`` for every optional key, its default and its meaning)::
+
+    [node]         id, host, port, data_dir, key_file, log_level
+    [consensus]    overrides of any ``consensus.config.ReplicaConfig`` field except n, replica_id
+    [limits]       overrides of any ``NodeLimits`` field (node-level bounds)
+    [[replicas]]   id, url, public_key (hex); the list index is the replica id, n = len(replicas)
+    [[clients]]    hospital, public_key (hex): hospital keys allowed to submit transactions
+    [operator]     public_key (hex), optional
+
+Every default lives in a dataclass field default (``ReplicaConfig`` for the protocol,
+``NodeLimits`` for the node); nothing here repeats them. Unknown sections and keys are errors, so
+a typo cannot silently fall back to a default. Relative paths are resolved against the directory
+of the config file, so a cluster directory can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from consensus.config import ReplicaConfig
+
+PUBLIC_KEY_BYTES = 32
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_MAX_PORT = 65_535
+_MAX_HOSPITAL_LEN = 128
+# Fields of ReplicaConfig that the file may not set: they follow from [node].id and [[replicas]].
+_DERIVED_CONSENSUS_FIELDS = frozenset({"n", "replica_id"})
+
+
+class ConfigError(ValueError):
+    """A config problem, naming the file (when known), the field and what is wrong with it."""
+
+    def __init__(self, field: str, problem: str, source: str | None = None) -> None:
+        self.field = field
+        self.problem = problem
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{field}: {problem}")
+
+    def with_source(self, source: str) -> ConfigError:
+        return ConfigError(self.field, self.problem, source)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLimits:
+    """Node-level bounds (the I/O shell's queues, sizes and waits); protocol bounds live in
+    ``ReplicaConfig``. Every field can be overridden in the ``[limits]`` table."""
+
+    max_body_bytes: int = 8 * 1024 * 1024
+    """Largest client request body (POST /tx); larger bodies get 413."""
+    max_batch_request_txs: int = 1000
+    """Most transactions accepted in one POST /tx."""
+    client_inbox_max: int = 1024
+    """Admitted client batches waiting for the consensus task; when full, POST /tx gets 503."""
+    peer_inbox_max: int = 20_000
+    """Peer messages waiting for the consensus task; when full, new ones are dropped (counted)."""
+    peer_inbox_max_bytes: int = 256 * 1024 * 1024
+    """Encoded bytes of the messages waiting in the peer inbox; beyond it new ones are dropped."""
+    max_events_per_round: int = 512
+    """Events fed to the replica before one group commit (persist once, then send)."""
+    peer_queue_max_msgs: int = 8192
+    """Outgoing frames queued per peer; when full the oldest is dropped (counted)."""
+    peer_batch_max_frames: int = 512
+    """Most frames carried by one POST /peer/msgs."""
+    peer_batch_max_bytes: int = 4 * 1024 * 1024
+    """Target size of one POST /peer/msgs body (a single larger frame is still sent alone)."""
+    peer_max_body_bytes: int = 32 * 1024 * 1024
+    """Largest POST /peer/msgs body this node accepts; larger bodies get 413."""
+    peer_timeout_ms: int = 10_000
+    """Timeout of one POST to a peer (connect + send + response)."""
+    peer_backoff_min_ms: int = 50
+    """First reconnect delay after a failed POST; doubles per failure, with jitter."""
+    peer_backoff_max_ms: int = 5000
+    """Upper bound of the reconnect delay."""
+    fetch_response_max_bytes: int = 8 * 1024 * 1024
+    """Most encoded block bytes served in one FetchResponse (at least one block is served)."""
+    tx_wait_max_ms: int = 30_000
+    """Upper bound of GET /tx/{id}?wait_ms=N."""
+    max_waiters: int = 10_000
+    """Concurrent long-poll waiters; beyond this GET /tx/{id}?wait_ms gets 503."""
+    pending_tx_max: int = 200_000
+    """Transaction ids remembered as pending (client-submitted or seen from peers); LRU."""
+    pending_tx_ttl_ms: int = 600_000
+    """A pending id not committed within this time is forgotten (GET /tx then says 404)."""
+    blocks_page_max: int = 100
+    """Largest ``limit`` of GET /blocks."""
+    idle_tick_ms: int = 1000
+    """Longest gap between two Ticks even if the replica asks for none (harmless safety net)."""
+    shutdown_grace_ms: int = 5000
+    """Time allowed for in-flight HTTP requests and peer sends on shutdown."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"limits.{f.name}", f"must be an integer, got {value!r}")
+            if value < 1:
+                raise ConfigError(f"limits.{f.name}", f"must be >= 1, got {value}")
+        if self.peer_backoff_min_ms > self.peer_backoff_max_ms:
+            raise ConfigError("limits.peer_backoff_min_ms", "must be <= peer_backoff_max_ms")
+        if self.peer_batch_max_bytes > self.peer_max_body_bytes:
+            raise ConfigError("limits.peer_batch_max_bytes", "must be <= peer_max_body_bytes")
+        if self.fetch_response_max_bytes > self.peer_max_body_bytes:
+            raise ConfigError("limits.fetch_response_max_bytes", "must be <= peer_max_body_bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaEntry:
+    """One consortium member: its replica id, base URL and Ed25519 public key."""
+
+    id: int
+    url: str
+    public_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClientEntry:
+    """A hospital key allowed to submit transactions."""
+
+    hospital: str
+    public_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node_id: int
+    host: str
+    port: int
+    data_dir: Path
+    key_file: Path
+    replicas: tuple[ReplicaEntry, ...]
+    clients: tuple[ClientEntry, ...]
+    operator_public_key: bytes | None
+    consensus: ReplicaConfig
+    limits: NodeLimits = field(default_factory=NodeLimits)
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        _check_port("node.port", self.port)
+        if not self.host:
+            raise ConfigError("node.host", "must not be empty")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError("node.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+        if not self.replicas:
+            raise ConfigError("replicas", "at least 4 replicas are needed (n = 3f+1, f >= 1)")
+        seen_keys: dict[bytes, int] = {}
+        for i, r in enumerate(self.replicas):
+            if r.id != i:
+                raise ConfigError(
+                    f"replicas[{i}].id", f"must equal its position {i} (ids are 0..n-1), got {r.id}"
+                )
+            _check_url(f"replicas[{i}].url", r.url)
+            _check_key(f"replicas[{i}].public_key", r.public_key)
+            if r.public_key in seen_keys:
+                raise ConfigError(
+                    f"replicas[{i}].public_key", f"duplicates replicas[{seen_keys[r.public_key]}]"
+                )
+            seen_keys[r.public_key] = i
+        if not 0 <= self.node_id < len(self.replicas):
+            raise ConfigError(
+                "node.id", f"{self.node_id} is not a replica id (0..{len(self.replicas) - 1})"
+            )
+        if self.consensus.n != len(self.replicas) or self.consensus.replica_id != self.node_id:
+            raise ConfigError("consensus", "n and replica_id must match len(replicas) and node.id")
+        seen_clients: set[bytes] = set()
+        for i, c in enumerate(self.clients):
+            if not c.hospital or len(c.hospital) > _MAX_HOSPITAL_LEN:
+                raise ConfigError(
+                    f"clients[{i}].hospital", f"must be 1..{_MAX_HOSPITAL_LEN} characters"
+                )
+            _check_key(f"clients[{i}].public_key", c.public_key)
+            if c.public_key in seen_clients:
+                raise ConfigError(f"clients[{i}].public_key", "duplicates an earlier client key")
+            seen_clients.add(c.public_key)
+        if self.operator_public_key is not None:
+            _check_key("operator.public_key", self.operator_public_key)
+
+    @property
+    def n(self) -> int:
+        return len(self.replicas)
+
+    @property
+    def replica_publics(self) -> list[bytes]:
+        """Public keys indexed by replica id (what ``NodeCrypto`` takes)."""
+        return [r.public_key for r in self.replicas]
+
+    @property
+    def peers(self) -> dict[int, str]:
+        """Every other replica's base URL, by id."""
+        return {r.id: r.url for r in self.replicas if r.id != self.node_id}
+
+    @property
+    def self_url(self) -> str:
+        return self.replicas[self.node_id].url
+
+    def client_keys(self) -> dict[bytes, str]:
+        """Allowed client public keys, mapped to their hospital."""
+        return {c.public_key: c.hospital for c in self.clients}
+
+
+def make_node_config(
+    *,
+    node_id: int,
+    host: str,
+    port: int,
+    data_dir: Path,
+    key_file: Path,
+    replicas: Sequence[ReplicaEntry],
+    clients: Sequence[ClientEntry] = (),
+    operator_public_key: bytes | None = None,
+    consensus: Mapping[str, int] | None = None,
+    limits: NodeLimits | None = None,
+    log_level: str = "info",
+) -> NodeConfig:
+    """Build a validated NodeConfig; ``consensus`` holds ReplicaConfig overrides only."""
+    return NodeConfig(
+        node_id=node_id,
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        key_file=key_file,
+        replicas=tuple(replicas),
+        clients=tuple(clients),
+        operator_public_key=operator_public_key,
+        consensus=_replica_config(dict(consensus or {}), len(replicas), node_id),
+        limits=limits or NodeLimits(),
+        log_level=log_level,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | os.PathLike[str]) -> NodeConfig:
+    """Read and validate a node config file; raises ConfigError naming the file and field."""
+    p = Path(path)
+    source = str(p)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError("file", f"cannot read: {e.strerror or e}", source) from e
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError("file", f"not UTF-8: {e}", source) from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("file", f"invalid TOML: {e}", source) from e
+    try:
+        return parse_config(data, base_dir=p.resolve().parent)
+    except ConfigError as e:
+        raise e.with_source(source) from e
+
+
+def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> NodeConfig:
+    """Validate an already-parsed TOML document (relative paths resolve against base_dir)."""
+    _only_keys("", data, {"node", "consensus", "limits", "replicas", "clients", "operator"})
+    node = _table(data, "node", required=True)
+    _only_keys("node", node, {"id", "host", "port", "data_dir", "key_file", "log_level"})
+    node_id = _int(node, "node", "id", required=True)
+    replicas = _replicas(data)
+    return NodeConfig(
+        node_id=node_id,
+        host=_str(node, "node", "host", default="127.0.0.1"),
+        port=_int(node, "node", "port", required=True),
+        data_dir=_path(node, "node", "data_dir", base_dir),
+        key_file=_path(node, "node", "key_file", base_dir),
+        replicas=replicas,
+        clients=_clients(data),
+        operator_public_key=_operator(data),
+        consensus=_consensus(data, len(replicas), node_id),
+        limits=_limits(data),
+        log_level=_str(node, "node", "log_level", default="info"),
+    )
+
+
+def _replicas(data: Mapping[str, Any]) -> tuple[ReplicaEntry, ...]:
+    out = []
+    for i, item in enumerate(_array_of_tables(data, "replicas")):
+        where = f"replicas[{i}]"
+        _only_keys(where, item, {"id", "url", "public_key"})
+        out.append(
+            ReplicaEntry(
+                id=_int(item, where, "id", required=True),
+                url=_str(item, where, "url", required=True),
+                public_key=_hex_key(item, where, "public_key"),
+            )
+        )
+    return tuple(out)
+
+
+def _clients(data: Mapping[str, Any]) -> tuple[ClientEntry, ...]:
+    out = []
+    for i, item in enumerate(_array_of_tables(data, "clients")):
+        where = f"clients[{i}]"
+        _only_keys(where, item, {"hospital", "public_key"})
+        out.append(
+            ClientEntry(
+                hospital=_str(item, where, "hospital", required=True),
+                public_key=_hex_key(item, where, "public_key"),
+            )
+        )
+    return tuple(out)
+
+
+def _operator(data: Mapping[str, Any]) -> bytes | None:
+    table = _table(data, "operator", required=False)
+    if not table:
+        return None
+    _only_keys("operator", table, {"public_key"})
+    return _hex_key(table, "operator", "public_key")
+
+
+def _consensus(data: Mapping[str, Any], n: int, node_id: int) -> ReplicaConfig:
+    table = _table(data, "consensus", required=False)
+    allowed = _consensus_fields()
+    _only_keys("consensus", table, allowed)
+    overrides = {k: _int(table, "consensus", k, required=True) for k in table}
+    return _replica_config(overrides, n, node_id)
+
+
+def _limits(data: Mapping[str, Any]) -> NodeLimits:
+    table = _table(data, "limits", required=False)
+    _only_keys("limits", table, {f.name for f in dataclasses.fields(NodeLimits)})
+    return NodeLimits(**{k: _int(table, "limits", k, required=True) for k in table})
+
+
+def _consensus_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(ReplicaConfig)} - _DERIVED_CONSENSUS_FIELDS
+
+
+def _replica_config(overrides: dict[str, int], n: int, node_id: int) -> ReplicaConfig:
+    unknown = set(overrides) - _consensus_fields()
+    if unknown:
+        raise ConfigError(f"consensus.{sorted(unknown)[0]}", "unknown key")
+    for k, v in overrides.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"consensus.{k}", f"must be a positive integer, got {v!r}")
+    if n < 4:
+        raise ConfigError("replicas", f"at least 4 replicas are needed (n = 3f+1), got {n}")
+    if not 0 <= node_id < n:
+        raise ConfigError("node.id", f"{node_id} is not a replica id (0..{n - 1})")
+    try:
+        return ReplicaConfig(n=n, replica_id=node_id, **overrides)
+    except ValueError as e:
+        raise ConfigError("consensus", str(e)) from e
+
+
+# Typed accessors: each names the field it reads in its error.
+
+
+def _table(data: Mapping[str, Any], key: str, *, required: bool) -> Mapping[str, Any]:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise ConfigError(key, "missing table")
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(key, f"must be a table ([{key}]), got {type(value).__name__}")
+    return value
+
+
+def _array_of_tables(data: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+    value = data.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(key, f"must be an array of tables ([[{key}]])")
+    return value
+
+
+def _only_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None:
+    for k in table:
+        if k not in allowed:
+            name = f"{where}.{k}" if where else k
+            raise ConfigError(name, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+
+
+def _int(
+    table: Mapping[str, Any], where: str, key: str, *, required: bool = False, default: int = 0
+) -> int:
+    if key not in table:
+        if required:
+            raise ConfigError(f"{where}.{key}", "missing")
+        return default
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}.{key}", f"must be an integer, got {value!r}")
+    return value
+
+
+def _str(
+    table: Mapping[str, Any], where: str, key: str, *, required: bool = False, default: str = ""
+) -> str:
+    if key not in table:
+        if required:
+            raise ConfigError(f"{where}.{key}", "missing")
+        return default
+    value = table[key]
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}.{key}", f"must be a string, got {value!r}")
+    return value
+
+
+def _path(table: Mapping[str, Any], where: str, key: str, base_dir: Path) -> Path:
+    raw = _str(table, where, key, required=True)
+    if not raw:
+        raise ConfigError(f"{where}.{key}", "must not be empty")
+    p = Path(raw).expanduser()
+    return p if p.is_absolute() else base_dir / p
+
+
+def _hex_key(table: Mapping[str, Any], where: str, key: str) -> bytes:
+    raw = _str(table, where, key, required=True)
+    try:
+        value = bytes.fromhex(raw)
+    except ValueError as e:
+        raise ConfigError(f"{where}.{key}", "not valid hex") from e
+    _check_key(f"{where}.{key}", value)
+    return value
+
+
+def _check_key(name: str, value: bytes) -> None:
+    if len(value) != PUBLIC_KEY_BYTES:
+        raise ConfigError(
+            name, f"must be {PUBLIC_KEY_BYTES} bytes ({2 * PUBLIC_KEY_BYTES} hex), got {len(value)}"
+        )
+
+
+def _check_port(name: str, port: int) -> None:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= _MAX_PORT:
+        raise ConfigError(name, f"must be an integer in 1..{_MAX_PORT}, got {port!r}")
+
+
+def _check_url(name: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(name, f"must be an http(s)://host:port URL, got {url!r}")
+    try:
+        port = parts.port
+    except ValueError as e:
+        raise ConfigError(name, f"bad port in {url!r}") from e
+    if port is None:
+        raise ConfigError(name, f"must name a port explicitly, got {url!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(name, f"must be a base URL without path or query, got {url!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def render_config(config: NodeConfig) -> str:
+    """TOML text for ``config``; only values that differ from the defaults are written."""
+    lines = [
+        "# medchain node config (written by `medchain init`; see configs/defaults.toml)",
+        "[node]",
+        f"id = {config.node_id}",
+        f"host = {_toml_str(config.host)}",
+        f"port = {config.port}",
+        f"data_dir = {_toml_str(str(config.data_dir))}",
+        f"key_file = {_toml_str(str(config.key_file))}",
+    ]
+    if config.log_level != "info":
+        lines.append(f"log_level = {_toml_str(config.log_level)}")
+    lines += _overrides_table(
+        "consensus", config.consensus, ReplicaConfig(n=config.n, replica_id=0)
+    )
+    lines += _overrides_table("limits", config.limits, NodeLimits())
+    for r in config.replicas:
+        lines += [
+            "",
+            "[[replicas]]",
+            f"id = {r.id}",
+            f"url = {_toml_str(r.url)}",
+            f'public_key = "{r.public_key.hex()}"',
+        ]
+    for c in config.clients:
+        lines += [
+            "",
+            "[[clients]]",
+            f"hospital = {_toml_str(c.hospital)}",
+            f'public_key = "{c.public_key.hex()}"',
+        ]
+    if config.operator_public_key is not None:
+        lines += ["", "[operator]", f'public_key = "{config.operator_public_key.hex()}"']
+    return "\n".join(lines) + "\n"
+
+
+def write_config(path: str | os.PathLike[str], config: NodeConfig) -> None:
+    """Atomically write ``config`` as TOML to ``path`` (temp file + fsync + rename)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    text = render_config(config).encode("utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _overrides_table(name: str, value: object, default: object) -> list[str]:
+    skip = _DERIVED_CONSENSUS_FIELDS if name == "consensus" else frozenset()
+    out = [
+        f"{f.name} = {getattr(value, f.name)}"
+        for f in dataclasses.fields(value)  # type: ignore[arg-type]
+        if f.name not in skip and getattr(value, f.name) != getattr(default, f.name)
+    ]
+    return ["", f"[{name}]", *out] if out else []
+
+
+def _toml_str(s: str) -> str:
+    """A TOML basic string: escape backslash, quote and every control character."""
+    out = ['"']
+    for ch in s:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append('\\"')
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+__all__ = [
+    "LOG_LEVELS",
+    "ClientEntry",
+    "ConfigError",
+    "NodeConfig",
+    "NodeLimits",
+    "ReplicaEntry",
+    "load_config",
+    "make_node_config",
+    "parse_config",
+    "render_config",
+    "write_config",
+]
