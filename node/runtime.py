@@ -295,6 +295,20 @@ class Node:
             store.close()
             raise
         self._core_task = asyncio.create_task(self._run_core(), name="consensus")
+        self._resubmit_pending()
+
+    def _resubmit_pending(self) -> None:
+        """Hand the replica what this node acknowledged before a crash and never saw commit."""
+        pending = self.store.load_pending(self.config.consensus.mempool_max_txs)
+        step = self.config.consensus.max_request_txs
+        loop = asyncio.get_running_loop()
+        for i in range(0, len(pending), step):
+            chunk = pending[i : i + step]
+            ev = Submit(tuple(t for t, _ in chunk), tuple(tx for _, tx in chunk))
+            self._client_inbox.append(_ClientBatch(ev, loop.create_future()))
+        if pending:
+            log.info("re-submitting %d accepted transactions not yet committed", len(pending))
+            self._wake.set()
 
     def _load_secret(self) -> bytes:
         secret, public = load_key(self.config.key_file)
@@ -556,6 +570,7 @@ class Node:
         blocks = [block_from_committed(c) for r in readies for c in r.committed]
         if blocks:
             store.append_blocks(blocks)
+            store.delete_pending([t for b in blocks for t in b.tx_ids])
             self._on_committed(blocks)
         truncations = [r.truncate_through for r in readies if r.truncate_through is not None]
         if truncations:
@@ -571,6 +586,7 @@ class Node:
         for r in readies:
             self._note_drops(r)
             if r.view_changed is not None:
+                store.truncate_views(r.view_changed)
                 self.counters.view_changes += 1
                 log.info("view change: moving to view %d", r.view_changed)
         deadline = readies[-1].deadline_ms
@@ -623,7 +639,11 @@ class Node:
             if reason == MEMPOOL_FULL:
                 with contextlib.suppress(ValueError):
                     refused[bytes.fromhex(detail)] = reason
-        accepted = [t for t in batch.event.tx_ids if t not in refused]
+        ev = batch.event
+        kept = [(t, tx) for t, tx in zip(ev.tx_ids, ev.txs, strict=True) if t not in refused]
+        accepted = [t for t, _ in kept]
+        # Durable before the client hears 202: a crash now must not lose an accepted record.
+        self.store.save_pending(accepted, [tx for _, tx in kept])
         self.pending.add(accepted, self.clock())
         self.counters.submitted_txs += len(accepted)
         self.counters.refused_txs += len(refused)

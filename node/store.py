@@ -70,6 +70,10 @@ CREATE TABLE IF NOT EXISTS quarantine (
     reason         TEXT NOT NULL,
     data           BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS pending_txs (
+    tx_id BLOB PRIMARY KEY,
+    data  BLOB NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -390,6 +394,34 @@ class Store:
                 "WHERE kind IN ('view-change', 'new-view') AND view < ?",
                 (below_view,),
             )
+
+    # -- client transactions accepted but not yet committed -------------------------------------
+
+    def save_pending(self, tx_ids: Sequence[bytes], txs: Sequence[bytes]) -> None:
+        """Durably remember transactions this node acknowledged to a client (HTTP 202), so a
+        crash before they commit loses none: the node re-submits them when it starts."""
+        if not tx_ids:
+            return
+        with self._write():
+            self._db.executemany(
+                "INSERT OR IGNORE INTO pending_txs(tx_id, data) VALUES (?, ?)",
+                zip(tx_ids, txs, strict=True),
+            )
+
+    def delete_pending(self, tx_ids: Sequence[bytes]) -> None:
+        if not tx_ids:
+            return
+        with self._write():
+            self._db.executemany("DELETE FROM pending_txs WHERE tx_id = ?", ((t,) for t in tx_ids))
+
+    def load_pending(self, limit: int) -> list[tuple[bytes, bytes]]:
+        """Pending transactions not on the chain (committed ones are dropped on the way)."""
+        rows = self._db.execute(
+            "SELECT p.tx_id, p.data FROM pending_txs p "
+            "WHERE NOT EXISTS (SELECT 1 FROM txs t WHERE t.tx_id = p.tx_id) LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [(bytes(a), bytes(b)) for a, b in rows]
 
     # -- meta --------------------------------------------------------------------------------
 

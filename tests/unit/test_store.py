@@ -397,3 +397,18 @@ def test_bad_synchronous_setting(db_path: Path) -> None:
     with Store(db_path, synchronous="FULL") as s:
         s.append_blocks(make_chain(1))
         assert s.head()[0] == 1
+
+
+def test_pending_transactions_survive_reopen_and_leave_once_committed(db_path: Path) -> None:
+    chain = make_chain(1)
+    on_chain = chain[0].txs[0]
+    extra = b"\x07" * 32
+    with Store(db_path) as s:
+        s.save_pending([on_chain.tx_id, extra], [b"a", b"b"])
+        s.save_pending([extra], [b"b"])  # idempotent
+    with Store(db_path) as s:
+        assert sorted(s.load_pending(10)) == sorted([(on_chain.tx_id, b"a"), (extra, b"b")])
+        s.append_blocks(chain)
+        assert s.load_pending(10) == [(extra, b"b")]
+        s.delete_pending([extra])
+        assert s.load_pending(10) == []
