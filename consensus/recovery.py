@@ -49,7 +49,7 @@ def _restore_views(r: Replica, persisted: Sequence[Message]) -> None:
     vc = r.my_view_change
     if vc is not None and vc.new_view == view and (nv is None or nv.view < view):
         r.view_active = False
-        r.view_changes[me] = vc
+        r.view_changes[(vc.new_view, me)] = vc
         r.vc_attempts = 1
     if nv is not None and nv.view == view:
         r.view_base_seq = max(v.stable_seq for v in nv.view_changes)
@@ -93,6 +93,7 @@ def _restore_slots(r: Replica, persisted: Sequence[Message]) -> None:
             slot.commits.add((m.view, m.digest), m, m.replica)
             if m.view == r.view:
                 slot.my_commit = m
+    _restore_new_view(r)
     for slot in r.log.slots():
         _rebuild_prepared_proof(r, slot)
         if slot.pre_prepare is not None and slot.pre_prepare.view != r.view:
@@ -102,6 +103,24 @@ def _restore_slots(r: Replica, persisted: Sequence[Message]) -> None:
         if slot.pre_prepare is not None and r.view_active:
             for tx_id in slot.pre_prepare.batch.tx_ids:
                 r.inflight_ids[tx_id] = slot.seq
+
+
+def _restore_new_view(r: Replica) -> None:
+    """The pre-prepares a new-view re-issued belong to the view it started; a primary that
+    sent that new-view must not reuse its sequence numbers after a restart."""
+    nv = r.new_view_msg
+    if nv is None or nv.view != r.view:
+        return
+    top = r.view_base_seq
+    for pp in nv.pre_prepares:
+        top = max(top, pp.seq)
+        if pp.seq <= r.stable_seq:
+            continue
+        slot = r.log.slot(pp.seq)
+        if slot.pre_prepare is None or slot.pre_prepare.view < pp.view:
+            slot.pre_prepare = pp
+    if nv.replica == r.id:
+        r.next_seq = max(r.next_seq, top + 1)
 
 
 def _rebuild_prepared_proof(r: Replica, slot: object) -> None:

@@ -75,8 +75,9 @@ class Replica:
         self.next_seq = last_executed + 1
         self.mempool = Mempool(config.mempool_max_txs)
 
-        self.view_changes: dict[int, ViewChange] = {}
-        """Latest valid view-change per replica (bounded by n)."""
+        self.view_changes: dict[tuple[int, int], ViewChange] = {}
+        """Valid view-changes by (new_view, replica) for views not yet installed; a few per
+        replica (``viewchange.MAX_VIEWS_PER_REPLICA``)."""
         self.my_view_change: ViewChange | None = None
         self.new_view_msg: NewView | None = None
         self.vc_deadline_ms: int | None = None
@@ -161,8 +162,6 @@ class Replica:
 
     def _on_timers(self, out: Ready) -> None:
         now = self.now_ms
-        if not self.view_active and self.vc_deadline_ms is None:
-            self.vc_deadline_ms = now + self.view_timeout_ms()
         if self.vc_deadline_ms is not None and now >= self.vc_deadline_ms:
             viewchange.on_view_timeout(self, out)
         normal.maybe_propose(self, out)

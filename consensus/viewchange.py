@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from consensus.replica import Replica
 
 
+MAX_VIEWS_PER_REPLICA = 4
+
+
 def on_view_timeout(r: Replica, out: Ready) -> None:
     start_view_change(r, r.view + 1, out)
 
@@ -59,9 +62,11 @@ def start_view_change(r: Replica, new_view: int, out: Ready) -> None:
     )
     vc = r.sign(ViewChange(new_view, r.stable_seq, r.stable_digest, r.stable_proof, prepared, r.id))
     r.my_view_change = vc
-    r.view_changes[r.id] = vc
-    r.vc_deadline_ms = r.now_ms + r.view_timeout_ms()
+    r.view_changes = {k: v for k, v in r.view_changes.items() if k[0] >= new_view}
+    _remember(r, vc)
+    r.vc_deadline_ms = None
     r.vc_attempts += 1
+    arm_timer_on_quorum(r)
     out.view_changed = new_view
     r.persist_and_broadcast(vc, out)
     _try_new_view(r, out)
@@ -82,16 +87,40 @@ def on_view_change(r: Replica, vc: ViewChange, out: Ready) -> None:
     if vc.new_view < r.view or (vc.new_view == r.view and r.view_active):
         _help_laggard(r, vc, out)
         return
-    known = r.view_changes.get(vc.replica)
-    if known is not None and known.new_view >= vc.new_view:
+    if (vc.new_view, vc.replica) in r.view_changes:
         return
     reason = check_view_change(r, vc)
     if reason is not None:
         out.drop("invalid view-change", f"from {vc.replica}: {reason}")
         return
-    r.view_changes[vc.replica] = vc
+    _remember(r, vc)
     _join_if_f_plus_one(r, out)
+    arm_timer_on_quorum(r)
     _try_new_view(r, out)
+
+
+def _remember(r: Replica, vc: ViewChange) -> None:
+    """Keep a replica's view-change for each of its last few views, not just its newest: a
+    replica that timed out once more must still count towards the view the others are in."""
+    r.view_changes[(vc.new_view, vc.replica)] = vc
+    mine = sorted(v for (v, rid) in r.view_changes if rid == vc.replica)
+    for v in mine[:-MAX_VIEWS_PER_REPLICA]:
+        del r.view_changes[(v, vc.replica)]
+
+
+def _votes_for(r: Replica, view: int) -> list[ViewChange]:
+    return sorted(
+        (vc for (v, _), vc in r.view_changes.items() if v == view), key=lambda vc: vc.replica
+    )
+
+
+def arm_timer_on_quorum(r: Replica) -> None:
+    """Section 4.5.2: the timer for a new view starts only once 2f+1 view-changes for it are
+    in; started earlier, one replica's timer runs it views ahead of the rest, for good."""
+    if r.view_active or r.vc_deadline_ms is not None:
+        return
+    if len(_votes_for(r, r.view)) >= r.cfg.quorum:
+        r.vc_deadline_ms = r.now_ms + r.view_timeout_ms()
 
 
 def note_higher_view(r: Replica, m: PrePrepare | Prepare | Commit, out: Ready) -> None:
@@ -117,9 +146,12 @@ def _help_laggard(r: Replica, vc: ViewChange, out: Ready) -> None:
 def _join_if_f_plus_one(r: Replica, out: Ready) -> None:
     """Section 4.5.2: f+1 view-changes for views above ours prove the primary is suspected by
     an honest replica; join the smallest such view without waiting for our own timer."""
-    ahead = sorted(vc.new_view for vc in r.view_changes.values() if vc.new_view > r.view)
-    if len(ahead) >= r.cfg.weak_quorum:
-        start_view_change(r, ahead[0] if ahead[0] > r.view else r.view + 1, out)
+    lowest_ahead: dict[int, int] = {}
+    for v, rid in r.view_changes:
+        if v > r.view and v < lowest_ahead.get(rid, v + 1):
+            lowest_ahead[rid] = v
+    if len(lowest_ahead) >= r.cfg.weak_quorum:
+        start_view_change(r, min(lowest_ahead.values()), out)
 
 
 def check_view_change(r: Replica, vc: ViewChange) -> str | None:
@@ -152,9 +184,7 @@ def check_view_change(r: Replica, vc: ViewChange) -> str | None:
 def _try_new_view(r: Replica, out: Ready) -> None:
     if r.view_active or r.primary != r.id:
         return
-    vcs = sorted(
-        (vc for vc in r.view_changes.values() if vc.new_view == r.view), key=lambda v: v.replica
-    )
+    vcs = _votes_for(r, r.view)
     if len(vcs) < r.cfg.quorum:
         return
     chosen = tuple(vc.stripped() for vc in vcs[: r.cfg.quorum])
@@ -242,7 +272,7 @@ def enter_new_view(r: Replica, nv: NewView, out: Ready) -> None:
     r.new_view_msg = nv
     r.vc_deadline_ms = None
     r.arm_view_timer()
-    r.view_changes = {k: v for k, v in r.view_changes.items() if v.new_view > r.view}
+    r.view_changes = {k: v for k, v in r.view_changes.items() if k[0] > r.view}
     base = max(nv.view_changes, key=lambda vc: vc.stable_seq)
     r.view_base_seq = base.stable_seq
     if base.stable_seq > r.stable_seq:

@@ -196,8 +196,9 @@ class Store:
         """Append blocks to the chain in one transaction.
 
         The store checks the chain's shape (contiguous heights, each block linking to the one
-        before, the hash matching the header, no tx id committed twice), not certificates or
-        signatures: callers append only blocks the core committed or that verify_block accepted.
+        before, the hash matching the header), not certificates or signatures: callers append
+        only blocks the core committed or that verify_block accepted. A transaction repeated in
+        a later block stays indexed at its first height (see ledger.verify_chain).
         """
         if not blocks:
             return
@@ -215,7 +216,7 @@ class Store:
                     "INSERT INTO blocks(height, hash, prev_hash, data) VALUES (?, ?, ?, ?)", rows
                 )
                 self._db.executemany(
-                    "INSERT INTO txs(tx_id, height, idx) VALUES (?, ?, ?)", tx_rows
+                    "INSERT OR IGNORE INTO txs(tx_id, height, idx) VALUES (?, ?, ?)", tx_rows
                 )
         except sqlite3.IntegrityError as e:
             raise StoreError(f"cannot append blocks: {_integrity_reason(e)}") from None

@@ -134,18 +134,27 @@ def test_contiguity_errors(store: Store) -> None:
     assert store.head() == (4, chain[3].block_hash)
 
 
-def test_duplicate_tx_rolls_back_the_whole_append(store: Store, db_path: Path) -> None:
+def test_a_bad_block_rolls_back_the_whole_append(store: Store, db_path: Path) -> None:
     chain = make_chain(1)
     store.append_blocks(chain)
     ok = block_from_committed(make_committed(2, chain[0].block_hash, [make_tx(600)]))
-    replay = block_from_committed(make_committed(3, ok.block_hash, [chain[0].txs[0]]))
-    with pytest.raises(StoreError, match="already committed"):
-        store.append_blocks([ok, replay])
+    unlinked = block_from_committed(make_committed(3, chain[0].block_hash, [make_tx(601)]))
+    with pytest.raises(StoreError):
+        store.append_blocks([ok, unlinked])
     assert store.head() == (1, chain[0].block_hash)
     assert store.get_block(2) is None and not store.is_committed(ok.txs[0].tx_id)
     store.append_blocks([ok])
     with Store(db_path) as again:
         assert again.head() == (2, ok.block_hash)
+
+
+def test_a_repeated_tx_stays_indexed_at_its_first_height(store: Store) -> None:
+    chain = make_chain(1)
+    store.append_blocks(chain)
+    first = chain[0].txs[0]
+    replay = block_from_committed(make_committed(2, chain[0].block_hash, [first]))
+    store.append_blocks([replay])
+    assert store.head()[0] == 2 and store.tx_height(first.tx_id) == 1
 
 
 def test_ledger_app_over_store(store: Store) -> None:
