@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -448,6 +449,19 @@ class Node:
     def get_blocks(self, from_height: int, limit: int) -> list[Block]:
         return self.store.get_blocks(from_height, limit)
 
+    @functools.cached_property
+    def _consortium_json(self) -> dict[str, object]:
+        """Public keys this node verifies against (auditors should get them out of band)."""
+        cfg = self.config
+        return {
+            "replicas": [
+                {"id": r.id, "url": r.url, "public_key": r.public_key.hex()} for r in cfg.replicas
+            ],
+            "clients": [
+                {"hospital": c.hospital, "public_key": c.public_key.hex()} for c in cfg.clients
+            ],
+        }
+
     def status(self) -> dict[str, object]:
         r = self.replica
         height, head = self.store.head()
@@ -474,6 +488,7 @@ class Node:
             "n": self.config.n,
             "f": self.config.consensus.f,
             "peers": self.transport.peers_status(),
+            **self._consortium_json,
             "counters": self.counters.to_json(),
             "transport": self.transport.status(),
         }
