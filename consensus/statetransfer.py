@@ -41,6 +41,11 @@ def on_fetch_response(r: Replica, m: FetchResponse, out: Ready) -> None:
         if reason is not None:
             out.drop("fetched block rejected", f"seq {block.seq} from {m.replica}: {reason}")
             return
+        reason = r.app.check_txs(block.batch.tx_ids, block.batch.txs)
+        if reason is not None:
+            # Certificates cover ids, not signatures: a peer's corrupted copy stops here.
+            out.drop("fetched block rejected", f"seq {block.seq} from {m.replica}: {reason}")
+            return
         slot = r.log.get(block.seq)
         decided = slot.pre_prepare if slot is not None and slot.certificate else None
         if decided is not None and decided.digest != digest:

@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any, Final
 from aiohttp import web
 
 from node import codec
+from node.audit import BlockUnavailable, audit_routes
 from node.codec import CodecError
 from node.ledger import (
     HASH_SIZE,
@@ -446,6 +447,8 @@ class Api:
         height = int(raw)
         try:
             block = self.node.get_block(height) if height >= 1 else None
+        except BlockUnavailable as e:
+            return e.response()
         except StoreError as e:
             raise ApiError(500, "store error", str(e)) from None
         if block is None:
@@ -464,6 +467,8 @@ class Api:
         payload = _bool_param(request, "payload")
         try:
             blocks = self.node.get_blocks(start, limit)
+        except BlockUnavailable as e:
+            return e.response()
         except StoreError as e:
             raise ApiError(500, "store error", str(e)) from None
         height = self.node.height
@@ -498,4 +503,5 @@ def create_app(node: Node) -> web.Application:
     app.router.add_get("/blocks", api.get_blocks)
     app.router.add_get("/blocks/{height}", api.get_block)
     node.transport.add_routes(app)
+    app.add_routes(audit_routes(lambda: node.auditor))
     return app

@@ -295,7 +295,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     from node.runtime import run_node
 
     try:
-        return run_node(args.config)
+        return run_node(args.config, full_verify=args.full_verify)
     except (ConfigError, KeyFileError, ValueError) as exc:
         raise CliError(f"cannot start node from {args.config}: {exc}") from exc
 
@@ -1096,7 +1096,31 @@ def _add_dir(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Operator and researcher tools living in scripts/: (command, module, add-parser function).
+TOOLS: tuple[tuple[str, str, str], ...] = (("audit", "scripts.audit", "add_audit_parser"),)
+
+
+def _add_tool_parsers(sub: Any) -> None:
+    """Register the tools' commands. A tool that cannot be imported gets a command that says
+    why, so one broken tool never takes the others (or `medchain node`) down with it."""
+    import importlib
+
+    for name, module, func in TOOLS:
+        try:
+            getattr(importlib.import_module(module), func)(sub)
+        except ImportError as exc:
+            p = sub.add_parser(name, help=f"(unavailable: {exc})")
+            p.set_defaults(func=_unavailable(name, exc))
+
+
+def _unavailable(name: str, exc: Exception) -> Callable[[argparse.Namespace], int]:
+    def run(_: argparse.Namespace) -> int:
+        raise CliError(f"`medchain {name}` is unavailable: {exc}")
+
+    return run
+
+
+def build_parser(*, with_tools: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medchain",
         description="A PBFT consortium blockchain for hospitals: run, measure and break it.",
@@ -1130,11 +1154,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run one node until SIGINT/SIGTERM.",
     )
     p.add_argument("--config", type=Path, required=True, help="the node's TOML config")
+    p.add_argument(
+        "--full-verify",
+        action="store_true",
+        help="re-verify every stored block on start (default: links of all, the newest fully)",
+    )
     p.set_defaults(func=cmd_node)
 
     _add_cluster_parser(sub)
     _add_submit_parser(sub)
     _add_verify_parser(sub)
+    if with_tools:
+        _add_tool_parsers(sub)
     return parser
 
 
@@ -1279,7 +1310,9 @@ def _add_verify_parser(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # A node process needs none of the tools: skip importing them (faster, and more robust).
+    parser = build_parser(with_tools=argv[:1] != ["node"])
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)

@@ -50,6 +50,7 @@ from consensus.messages import (
 )
 from consensus.replica import Replica
 from node.api import Overloaded, create_app
+from node.audit import Auditor, BlockUnavailable
 from node.config import NodeConfig, load_config
 from node.crypto import NodeCrypto, load_key
 from node.ledger import (
@@ -190,7 +191,10 @@ class Node:
     peer endpoint), usable with aiohttp's test client.
     """
 
-    def __init__(self, config: NodeConfig, *, secret: bytes | None = None) -> None:
+    def __init__(
+        self, config: NodeConfig, *, secret: bytes | None = None, full_verify: bool = False
+    ) -> None:
+        self._full_verify = full_verify
         self.config = config
         self.limits = config.limits
         self.node_id = config.node_id
@@ -198,6 +202,7 @@ class Node:
         self._secret = secret
         self._started_ms = self.clock()
         self._store: Store | None = None
+        self.auditor: Auditor | None = None
         self._replica: Replica | None = None
         self._ledger_app: LedgerApp | None = None
         self.transport = Transport(
@@ -282,6 +287,8 @@ class Node:
             store.close()
             raise
         self._store = store
+        self.auditor = Auditor.for_node(cfg, store, crypto)
+        self.auditor.startup_check(full=self._full_verify)
         log.info(
             "starting: height %d, %d persisted consensus messages, view %d, n=%d",
             height,
@@ -295,6 +302,7 @@ class Node:
             self._store = None
             store.close()
             raise
+        await self.auditor.start()
         self._core_task = asyncio.create_task(self._run_core(), name="consensus")
         self._resubmit_pending()
 
@@ -334,6 +342,10 @@ class Node:
                 await task
         self._fail_client_batches("node is stopping")
         await self.transport.stop()
+        if self.auditor is not None:
+            await self.auditor.stop()
+            self.auditor.close()
+            self.auditor = None
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -444,10 +456,12 @@ class Node:
                     del self._waiters[tx_id]
 
     def get_block(self, height: int) -> Block | None:
-        return self.store.get_block(height)
+        assert self.auditor is not None
+        return self.auditor.read_block(height)
 
     def get_blocks(self, from_height: int, limit: int) -> list[Block]:
-        return self.store.get_blocks(from_height, limit)
+        assert self.auditor is not None
+        return self.auditor.read_blocks(from_height, limit)
 
     @functools.cached_property
     def _consortium_json(self) -> dict[str, object]:
@@ -584,7 +598,9 @@ class Node:
             self.counters.persisted_msgs += len(persist)
         blocks = [block_from_committed(c) for r in readies for c in r.committed]
         if blocks:
-            store.append_blocks(blocks)
+            raws = store.append_blocks(blocks)
+            if self.auditor is not None:
+                self.auditor.note_written(blocks, raws)
             store.delete_pending([t for b in blocks for t in b.tx_ids])
             self._on_committed(blocks)
         truncations = [r.truncate_through for r in readies if r.truncate_through is not None]
@@ -635,13 +651,25 @@ class Node:
                 break
             if certified and size + len(raw) > budget:
                 break
+            block = self._verified_for_serving(height, raw)
+            if block is None:
+                break  # never serve corrupted data; the auditor quarantines and repairs it
             size += len(raw)
-            certified.append(block_to_certified(decode_block(raw)))
+            certified.append(block_to_certified(block))
         if not certified:
             return
         self.counters.served_fetches += 1
         self.counters.served_blocks += len(certified)
         self.transport.send(req.replica, FetchResponse(tuple(certified), self.node_id))
+
+    def _verified_for_serving(self, height: int, raw: bytes) -> Block | None:
+        if self.auditor is None:
+            return decode_block(raw)
+        try:
+            return self.auditor.read_block(height, raw)
+        except BlockUnavailable as e:
+            log.warning("not serving block %d: %s", height, e.reason)
+            return None
 
     def _note_drops(self, ready: Ready) -> None:
         for reason, detail in ready.dropped:
@@ -715,20 +743,20 @@ def setup_logging(node_id: int, level: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-async def serve(config: NodeConfig) -> int:
+async def serve(config: NodeConfig, *, full_verify: bool = False) -> int:
     """Run a node until SIGTERM/SIGINT; returns the process exit status."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        return await Node(config).run(stop)
+        return await Node(config, full_verify=full_verify).run(stop)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
 
 
-def run_node(config_path: str | os.PathLike[str]) -> int:
+def run_node(config_path: str | os.PathLike[str], *, full_verify: bool = False) -> int:
     """``medchain node --config FILE``: load the config, run the node, return the exit status.
 
     Raises ConfigError / KeyFileError / ValueError (for the CLI to report) if the node cannot
@@ -736,4 +764,4 @@ def run_node(config_path: str | os.PathLike[str]) -> int:
     """
     config = load_config(Path(config_path))
     setup_logging(config.node_id, config.log_level)
-    return asyncio.run(serve(config))
+    return asyncio.run(serve(config, full_verify=full_verify))

@@ -192,16 +192,17 @@ class Store:
         """(height, hash) of the last block; (0, GENESIS_HASH) for an empty chain."""
         return self._head
 
-    def append_blocks(self, blocks: Sequence[Block]) -> None:
+    def append_blocks(self, blocks: Sequence[Block]) -> list[bytes]:
         """Append blocks to the chain in one transaction.
 
         The store checks the chain's shape (contiguous heights, each block linking to the one
         before, the hash matching the header), not certificates or signatures: callers append
         only blocks the core committed or that verify_block accepted. A transaction repeated in
         a later block stays indexed at its first height (see ledger.verify_chain).
+        Returns the bytes written, one per block.
         """
         if not blocks:
-            return
+            return []
         height, head = self._head
         rows: list[tuple[int, bytes, bytes, bytes]] = []
         tx_rows: list[tuple[bytes, int, int]] = []
@@ -221,6 +222,7 @@ class Store:
         except sqlite3.IntegrityError as e:
             raise StoreError(f"cannot append blocks: {_integrity_reason(e)}") from None
         self._head = (height, head)
+        return [row[3] for row in rows]
 
     def get_block_raw(self, height: int) -> bytes | None:
         row = self._db.execute("SELECT data FROM blocks WHERE height = ?", (height,)).fetchone()

@@ -159,3 +159,18 @@ def test_view_change_reissues_committed_batches_stripped_and_laggard_fetches_the
     nv = c.nodes[1].replica.new_view_msg
     assert nv is not None and nv.view == 1
     assert all(p.pre_prepare.batch.txs == () for vc in nv.view_changes for p in vc.prepared)
+
+
+def test_fetched_block_with_valid_certificate_but_invalid_transaction_is_refused() -> None:
+    """A certificate covers transaction ids, not their signatures: a peer's corrupted copy
+    (e.g. a flipped signature byte) must not enter a chain by state transfer."""
+    from consensus.messages import CertifiedBlock, FetchResponse
+
+    c = start()
+    bad = (b"\x01" * 32, b"bad-signature")
+    batch = Batch(0, 0, 0, (bad[0],), (bad[1],))
+    commits = tuple(c.nodes[i].replica.sign(Commit(0, 1, batch.digest(), i)) for i in range(3))
+    resp = FetchResponse((CertifiedBlock(1, batch, commits),), 2)
+    out = c.nodes[3].replica.step(Receive(resp, 2), 0)
+    assert not out.committed
+    assert any(reason == "fetched block rejected" for reason, _ in out.dropped)
