@@ -8,10 +8,11 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
 SEEDS       ?= 200
+SCENARIO_SEED ?= 1
 BENCH_ARGS  ?= --nodes 4
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-unit test-integration lint format sim bench clean
+.PHONY: help venv demo test test-unit test-integration lint format sim bench scenarios clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -49,7 +50,10 @@ sim: venv ## run the seeded simulated-network fault search: make sim SEEDS=N
 	$(PY) -m tests.sim.run --seeds $(SEEDS)
 
 bench: venv ## measure throughput and latency on a fresh local cluster: make bench BENCH_ARGS='...'
-	$(PY) -m scripts.bench $(BENCH_ARGS)
+	$(PY) -m node.cli bench $(BENCH_ARGS)
+
+scenarios: venv ## run every fault scenario in configs/scenarios on a fresh local cluster
+	$(PY) -m node.cli scenario run configs/scenarios/*.toml --seed $(SCENARIO_SEED) --out .medchain/scenarios
 
 clean: ## remove caches, build output and the default local cluster (stopping it first)
 	@if [ -x $(PY) ] && [ -d .medchain/cluster ]; then $(PY) -m node.cli cluster down --dir .medchain/cluster || true; fi

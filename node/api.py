@@ -64,8 +64,10 @@ from typing import TYPE_CHECKING, Any, Final
 from aiohttp import web
 
 from node import codec
+from node.admin import admin_routes
 from node.audit import BlockUnavailable, audit_routes
 from node.codec import CodecError
+from node.faults import alter_block_json
 from node.ledger import (
     HASH_SIZE,
     KEY_SIZE,
@@ -440,6 +442,10 @@ class Api:
             {"ok": ok, "node": self.node.config.node_id}, status=200 if ok else 503
         )
 
+    def _served(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """A block as served: altered while the fault layer plays a byzantine block server."""
+        return alter_block_json(doc) if self.node.faults.serves_altered_blocks else doc
+
     async def get_block(self, request: web.Request) -> web.Response:
         raw = request.match_info["height"]
         if not raw.isdigit() or len(raw) > 19:
@@ -453,7 +459,8 @@ class Api:
             raise ApiError(500, "store error", str(e)) from None
         if block is None:
             raise ApiError(404, "no such block", height)
-        return web.json_response(block_to_json(block, _bool_param(request, "payload")))
+        doc = block_to_json(block, _bool_param(request, "payload"))
+        return web.json_response(self._served(doc))
 
     async def get_blocks(self, request: web.Request) -> web.Response:
         start = _int_param(request, "from", 1, 1, codec.MAX_UINT)
@@ -475,7 +482,7 @@ class Api:
         last = blocks[-1].height if blocks else start - 1
         return web.json_response(
             {
-                "blocks": [block_to_json(b, payload) for b in blocks],
+                "blocks": [self._served(block_to_json(b, payload)) for b in blocks],
                 "height": height,
                 "next": last + 1 if last < height else None,
             }
@@ -503,5 +510,6 @@ def create_app(node: Node) -> web.Application:
     app.router.add_get("/blocks", api.get_blocks)
     app.router.add_get("/blocks/{height}", api.get_block)
     node.transport.add_routes(app)
+    app.add_routes(admin_routes(node.faults, node.config.operator_public_key))
     app.add_routes(audit_routes(lambda: node.auditor))
     return app

@@ -1097,7 +1097,12 @@ def _add_dir(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
 
 
 # Operator and researcher tools living in scripts/: (command, module, add-parser function).
-TOOLS: tuple[tuple[str, str, str], ...] = (("audit", "scripts.audit", "add_audit_parser"),)
+TOOLS: tuple[tuple[str, str, str], ...] = (
+    ("audit", "scripts.audit", "add_audit_parser"),
+    ("fault", "scripts.faultctl", "add_fault_parser"),
+    ("scenario", "scripts.scenario", "add_scenario_parser"),
+    ("bench", "scripts.bench", "add_bench_parser"),
+)
 
 
 def _add_tool_parsers(sub: Any) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from consensus.config import ReplicaConfig
+from node.faults import FaultError, FaultsConfig, parse_faults_table
 
 PUBLIC_KEY_BYTES = 32
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -144,6 +145,7 @@ class NodeConfig:
     consensus: ReplicaConfig
     limits: NodeLimits = field(default_factory=NodeLimits)
     log_level: str = "info"
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
 
     def __post_init__(self) -> None:
         _check_port("node.port", self.port)
@@ -264,7 +266,9 @@ def load_config(path: str | os.PathLike[str]) -> NodeConfig:
 
 def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> NodeConfig:
     """Validate an already-parsed TOML document (relative paths resolve against base_dir)."""
-    _only_keys("", data, {"node", "consensus", "limits", "replicas", "clients", "operator"})
+    _only_keys(
+        "", data, {"node", "consensus", "limits", "replicas", "clients", "operator", "faults"}
+    )
     node = _table(data, "node", required=True)
     _only_keys("node", node, {"id", "host", "port", "data_dir", "key_file", "log_level"})
     node_id = _int(node, "node", "id", required=True)
@@ -278,6 +282,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> NodeConfig:
         replicas=replicas,
         clients=_clients(data),
         operator_public_key=_operator(data),
+        faults=_faults(data),
         consensus=_consensus(data, len(replicas), node_id),
         limits=_limits(data),
         log_level=_str(node, "node", "log_level", default="info"),
@@ -319,6 +324,13 @@ def _operator(data: Mapping[str, Any]) -> bytes | None:
         return None
     _only_keys("operator", table, {"public_key"})
     return _hex_key(table, "operator", "public_key")
+
+
+def _faults(data: Mapping[str, Any]) -> FaultsConfig:
+    try:
+        return parse_faults_table(data.get("faults"))
+    except FaultError as e:
+        raise ConfigError(e.field, e.problem) from None
 
 
 def _consensus(data: Mapping[str, Any], n: int, node_id: int) -> ReplicaConfig:
@@ -492,6 +504,10 @@ def render_config(config: NodeConfig) -> str:
         ]
     if config.operator_public_key is not None:
         lines += ["", "[operator]", f'public_key = "{config.operator_public_key.hex()}"']
+    if config.faults.enabled:
+        lines += ["", "[faults]", "enabled = true"]
+        if config.faults.seed is not None:
+            lines.append(f"seed = {config.faults.seed}")
     return "\n".join(lines) + "\n"
 
 

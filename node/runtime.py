@@ -53,6 +53,7 @@ from node.api import Overloaded, create_app
 from node.audit import Auditor, BlockUnavailable
 from node.config import NodeConfig, load_config
 from node.crypto import NodeCrypto, load_key
+from node.faults import FaultLayer
 from node.ledger import (
     Block,
     ClientRegistry,
@@ -205,11 +206,14 @@ class Node:
         self.auditor: Auditor | None = None
         self._replica: Replica | None = None
         self._ledger_app: LedgerApp | None = None
+        self.faults = FaultLayer.from_config(config)
+        self._crypto: NodeCrypto | None = None
         self.transport = Transport(
             self_id=config.node_id,
             peers=config.peers,
             limits=config.limits,
             deliver=self._deliver_peer,
+            faults=self.faults,
         )
         self.app = create_app(self)
         self.pending = PendingTxs(self.limits.pending_tx_max, self.limits.pending_tx_ttl_ms)
@@ -275,6 +279,7 @@ class Node:
             persisted = store.load_messages()
             self._ledger_app = LedgerApp(store, ClientRegistry(cfg.client_keys()))
             crypto = NodeCrypto(secret, cfg.replica_publics)
+            self._crypto = crypto
             self._replica = Replica(
                 cfg.consensus,
                 crypto,
@@ -505,6 +510,7 @@ class Node:
             **self._consortium_json,
             "counters": self.counters.to_json(),
             "transport": self.transport.status(),
+            "faults": self.faults.status(),
         }
 
     # ------------------------------------------------------------------ the consensus task
@@ -512,6 +518,10 @@ class Node:
     async def _run_core(self) -> None:
         try:
             while True:
+                if self.faults.paused:
+                    # Fault injection: stop feeding the replica; the inboxes stay bounded.
+                    await self.faults.wait_unpaused()
+                    continue
                 if not self._has_work():
                     self._wake.clear()
                     if not self._has_work():
@@ -606,7 +616,7 @@ class Node:
         truncations = [r.truncate_through for r in readies if r.truncate_through is not None]
         if truncations:
             store.truncate_messages(max(truncations))
-        send = self.transport.send
+        send = self._send
         for r in readies:
             for dest, msg in r.send:
                 if dest != self.node_id:
@@ -660,7 +670,7 @@ class Node:
             return
         self.counters.served_fetches += 1
         self.counters.served_blocks += len(certified)
-        self.transport.send(req.replica, FetchResponse(tuple(certified), self.node_id))
+        self._send(req.replica, FetchResponse(tuple(certified), self.node_id))
 
     def _verified_for_serving(self, height: int, raw: bytes) -> Block | None:
         if self.auditor is None:
@@ -670,6 +680,14 @@ class Node:
         except BlockUnavailable as e:
             log.warning("not serving block %d: %s", height, e.reason)
             return None
+
+    def _send(self, dest: int | None, msg: Message) -> None:
+        """Hand one message to the transport, through the fault layer's byzantine modes."""
+        if self._crypto is None:
+            self.transport.send(dest, msg)
+            return
+        for d, m in self.faults.outgoing(dest, msg, self._crypto.sign):
+            self.transport.send(d, m)
 
     def _note_drops(self, ready: Ready) -> None:
         for reason, detail in ready.dropped:

@@ -39,6 +39,7 @@ from aiohttp import web
 from consensus.messages import Message
 from node.codec import MAX_FRAME_BYTES, CodecError, decode_message, encode_message
 from node.config import NodeLimits
+from node.faults import FaultLayer
 
 log = logging.getLogger("medchain.transport")
 
@@ -322,6 +323,7 @@ class Transport:
         limits: NodeLimits,
         deliver: Deliver,
         rng: random.Random | None = None,
+        faults: FaultLayer | None = None,
     ) -> None:
         if self_id in peers:
             raise ValueError("peers must not include this node")
@@ -329,6 +331,7 @@ class Transport:
         self._peer_urls = dict(peers)
         self._limits = limits
         self._deliver = deliver
+        self._faults = faults
         self._rng = rng or random.Random()
         self._session: aiohttp.ClientSession | None = None
         self._links: dict[int, PeerLink] = {}
@@ -394,8 +397,17 @@ class Transport:
             self._log_limit(log, logging.ERROR, "encode", "cannot encode %s: %s", msg, e)
             return
         for link in targets:
-            if link is not None:
+            if link is None:
+                continue
+            if self._faults is None:
                 link.enqueue(frame)
+                continue
+            # Fault injection: drop, duplicate, or enqueue later (delay, reorder).
+            for delay_s, out in self._faults.on_send(link.peer_id, frame):
+                if delay_s > 0:
+                    asyncio.get_running_loop().call_later(delay_s, link.enqueue, out)
+                else:
+                    link.enqueue(out)
 
     # ------------------------------------------------------------------ receiving
 
@@ -463,6 +475,9 @@ class Transport:
     def _receive_frame(self, sender: int, frame: object) -> None:
         if type(frame) is not bytes:
             self.dropped_frames.add("frame_not_bytes")
+            return
+        if self._faults is not None and not self._faults.on_receive(sender, frame):
+            self.dropped_frames.add("fault_injected")
             return
         try:
             msg = decode_message(frame)

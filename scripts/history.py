@@ -1,0 +1,443 @@
+"""Client history checking: no acknowledged write lost, nothing committed twice, chains agree.
+
+The scenario runner's load client records one :class:`TxRecord` per transaction it submitted:
+when, to which node, whether the node accepted it, and whether (and where) it later saw the
+transaction committed. After the cluster has healed and settled, the runner fetches every
+honest node's chain over HTTP and hands both to the checks here:
+
+* ``acked_commits_durable``: every transaction whose commit the client saw acknowledged by an
+  honest node is on every honest node's chain, exactly once;
+* ``commit_heights_match``: at the height that node reported;
+* ``exactly_once``: no transaction appears twice on any honest chain;
+* ``no_phantom_txs``: every transaction on a chain is one the client submitted;
+* ``chains_agree``: at every height two honest chains both have, they hold the same block;
+* ``chains_converged``: every honest chain has the same head;
+* ``chains_verify``: each served chain verifies offline (``node.ledger.verify_chain``: hash
+  links, Merkle roots, transaction signatures, commit certificates), block JSON parsed strictly.
+
+The checks are pure functions over records and chains, so they are unit tested on hand-made
+histories, including ones that must fail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+
+from consensus.messages import Commit
+from node.ledger import (
+    Block,
+    ChainReport,
+    ClientRegistry,
+    Transaction,
+    TxEnvelope,
+    verify_chain,
+)
+from scripts.faultctl import read_response
+
+MAX_EXAMPLES: Final = 20
+"""Violations quoted per check (the count is always exact)."""
+BLOCKS_PAGE: Final = 100
+MAX_CHAIN_BLOCKS: Final = 1_000_000
+"""Refuse to fetch longer chains than this from one node (bounds memory and time)."""
+FETCH_TIMEOUT_S: Final = 10.0
+MAX_PAGE_BYTES: Final = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TxRecord:
+    """What the client saw of one transaction; times are seconds since the run started."""
+
+    tx_id: str
+    submit_s: float
+    node: int | None
+    """The node that accepted it (None if no node did)."""
+    ack_s: float | None
+    """When a node answered 202 (accepted)."""
+    error: str | None
+    """Why no node accepted it, if none did."""
+    commit_s: float | None = None
+    """When the client saw it committed (None: never, within the run)."""
+    commit_node: int | None = None
+    commit_height: int | None = None
+
+    @property
+    def acked(self) -> bool:
+        return self.ack_s is not None
+
+    @property
+    def committed(self) -> bool:
+        return self.commit_s is not None
+
+
+@dataclass(frozen=True, slots=True)
+class BlockSummary:
+    height: int
+    block_hash: str
+    tx_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+    violations: tuple[str, ...] = ()
+    """Up to MAX_EXAMPLES examples; ``detail`` gives the count."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "detail": self.detail,
+            "violations": list(self.violations),
+        }
+
+
+def make_result(name: str, problems: Sequence[str], ok_detail: str) -> CheckResult:
+    if not problems:
+        return CheckResult(name, True, ok_detail)
+    return CheckResult(name, False, f"{len(problems)} violation(s)", tuple(problems[:MAX_EXAMPLES]))
+
+
+# ---------------------------------------------------------------------------------------------
+# history checks
+
+
+def check_history(
+    records: Sequence[TxRecord], chains: Mapping[int, Sequence[BlockSummary]]
+) -> list[CheckResult]:
+    """Checks of the client's history against the honest nodes' chains (``chains``: node ->
+    blocks in height order; only honest nodes). Commits the client saw from a node outside
+    ``chains`` (a byzantine node) prove nothing and are not held against the cluster."""
+    where: dict[int, dict[str, list[int]]] = {}
+    for node, blocks in chains.items():
+        index: dict[str, list[int]] = defaultdict(list)
+        for b in blocks:
+            for tx in b.tx_ids:
+                index[tx].append(b.height)
+        where[node] = index
+    seen_commits = [r for r in records if r.committed and r.commit_node in chains]
+    return [
+        _durable(seen_commits, where),
+        _heights_match(seen_commits, where),
+        _exactly_once(where),
+        _no_phantoms(records, where),
+    ]
+
+
+def _durable(seen: Sequence[TxRecord], where: Mapping[int, Mapping[str, list[int]]]) -> CheckResult:
+    problems = []
+    for r in seen:
+        for node, index in sorted(where.items()):
+            heights = index.get(r.tx_id, [])
+            if len(heights) != 1:
+                state = "missing" if not heights else f"at heights {heights}"
+                problems.append(
+                    f"tx {r.tx_id[:16]} (commit seen at node {r.commit_node}, "
+                    f"height {r.commit_height}, t={r.commit_s:.1f}s) is {state} on node {node}"
+                )
+    detail = f"{len(seen)} acknowledged commits on all {len(where)} honest chains"
+    return make_result("acked_commits_durable", problems, detail)
+
+
+def _heights_match(
+    seen: Sequence[TxRecord], where: Mapping[int, Mapping[str, list[int]]]
+) -> CheckResult:
+    problems = []
+    for r in seen:
+        assert r.commit_node is not None
+        heights = where[r.commit_node].get(r.tx_id, [])
+        if r.commit_height is not None and heights and r.commit_height not in heights:
+            problems.append(
+                f"tx {r.tx_id[:16]}: node {r.commit_node} reported height {r.commit_height}, "
+                f"its chain has it at {heights}"
+            )
+    return make_result("commit_heights_match", problems, f"{len(seen)} reported heights match")
+
+
+def _exactly_once(where: Mapping[int, Mapping[str, list[int]]]) -> CheckResult:
+    problems = [
+        f"tx {tx[:16]} appears {len(heights)} times on node {node} (heights {heights})"
+        for node, index in sorted(where.items())
+        for tx, heights in index.items()
+        if len(heights) > 1
+    ]
+    return make_result("exactly_once", problems, "no transaction committed twice")
+
+
+def _no_phantoms(
+    records: Sequence[TxRecord], where: Mapping[int, Mapping[str, list[int]]]
+) -> CheckResult:
+    submitted = {r.tx_id for r in records}
+    problems = [
+        f"tx {tx[:16]} on node {node} at height {heights[0]} was never submitted"
+        for node, index in sorted(where.items())
+        for tx, heights in index.items()
+        if tx not in submitted
+    ]
+    return make_result("no_phantom_txs", problems, "every committed transaction was submitted")
+
+
+def check_chains_agree(chains: Mapping[int, Sequence[BlockSummary]]) -> list[CheckResult]:
+    """Safety (same block at every common height) and convergence (same head everywhere)."""
+    by_height: dict[int, dict[int, str]] = defaultdict(dict)
+    for node, blocks in chains.items():
+        for b in blocks:
+            by_height[b.height][node] = b.block_hash
+    problems = []
+    for height in sorted(by_height):
+        hashes = by_height[height]
+        if len(set(hashes.values())) > 1:
+            listing = ", ".join(f"node {n}: {h[:16]}" for n, h in sorted(hashes.items()))
+            problems.append(f"height {height}: {listing}")
+    agree = make_result("chains_agree", problems, f"{len(by_height)} heights agree")
+    heads = {
+        node: (len(blocks), blocks[-1].block_hash if blocks else "")
+        for node, blocks in chains.items()
+    }
+    distinct = set(heads.values())
+    if len(distinct) <= 1:
+        height = next(iter(distinct))[0] if distinct else 0
+        converged = CheckResult("chains_converged", True, f"all at height {height}")
+    else:
+        listing = ", ".join(f"node {n}: height {h}" for n, (h, _) in sorted(heads.items()))
+        converged = CheckResult("chains_converged", False, f"heads differ: {listing}")
+    return [agree, converged]
+
+
+def history_stats(
+    records: Sequence[TxRecord], chains: Mapping[int, Sequence[BlockSummary]]
+) -> dict[str, int]:
+    """Counts for the report; 'indeterminate' txs (accepted, commit never seen) are allowed
+    either way, and we say how many of them did make it."""
+    on_chain: set[str] = set()
+    for blocks in chains.values():
+        for b in blocks:
+            on_chain.update(b.tx_ids)
+    acked = [r for r in records if r.acked]
+    unseen = [r for r in acked if not r.committed]
+    return {
+        "submitted": len(records),
+        "accepted": len(acked),
+        "rejected_or_failed": len(records) - len(acked),
+        "commit_observed": sum(1 for r in records if r.committed),
+        "indeterminate": len(unseen),
+        "indeterminate_on_chain": sum(1 for r in unseen if r.tx_id in on_chain),
+        "not_accepted_but_on_chain": sum(1 for r in records if not r.acked and r.tx_id in on_chain),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# served chains: parsing and verification
+
+
+class BlockJsonError(ValueError):
+    pass
+
+
+def block_from_json(doc: object) -> Block:
+    """A ``node.ledger.Block`` from a served block (``block_to_json(block, payload=True)``).
+
+    Strict: every field must be there with the right type; the served ids and digest are
+    ignored in favour of recomputing them (verification is the point)."""
+    if not isinstance(doc, Mapping):
+        raise BlockJsonError("block must be a JSON object")
+    try:
+        txs = tuple(_tx_from_json(t, i) for i, t in enumerate(_list(doc, "txs")))
+        commits = tuple(_commit_from_json(c) for c in _list(doc, "certificate"))
+        return Block(
+            height=_int(doc, "height"),
+            prev_hash=_hex(doc, "prev_hash"),
+            block_hash=_hex(doc, "hash"),
+            merkle_root=_hex(doc, "merkle_root"),
+            view=_int(doc, "view"),
+            proposer=_int(doc, "proposer", lo=-1),
+            timestamp_ms=_int(doc, "timestamp_ms"),
+            txs=txs,
+            commits=commits,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, BlockJsonError):
+            raise
+        raise BlockJsonError(f"malformed block: {type(e).__name__}: {e}") from None
+
+
+def _tx_from_json(doc: object, i: int) -> TxEnvelope:
+    if not isinstance(doc, Mapping):
+        raise BlockJsonError(f"txs[{i}] must be an object")
+    if not isinstance(doc.get("payload"), str):
+        raise BlockJsonError(f"txs[{i}] has no payload (fetch blocks with payload=1)")
+    tx = Transaction(
+        record_id=_str(doc, "record_id"),
+        patient=_str(doc, "patient"),
+        hospital=_str(doc, "hospital"),
+        record_type=_str(doc, "record_type"),
+        payload_hash=_hex(doc, "payload_hash"),
+        timestamp_ms=_int(doc, "timestamp_ms"),
+        nonce=_hex(doc, "nonce"),
+        client_key=_hex(doc, "client_key"),
+        signature=_hex(doc, "signature"),
+    )
+    env = TxEnvelope(tx=tx, payload=_hex(doc, "payload"))
+    served_id = doc.get("tx_id")
+    if served_id is not None and served_id != env.tx_id.hex():
+        raise BlockJsonError(f"txs[{i}]: served tx_id does not match the transaction")
+    return env
+
+
+def _commit_from_json(doc: object) -> Commit:
+    if not isinstance(doc, Mapping):
+        raise BlockJsonError("certificate entries must be objects")
+    return Commit(
+        view=_int(doc, "view"),
+        seq=_int(doc, "seq"),
+        digest=_hex(doc, "digest"),
+        replica=_int(doc, "replica"),
+        signature=_hex(doc, "signature"),
+    )
+
+
+def _list(doc: Mapping[str, Any], key: str) -> list[Any]:
+    value = doc[key]
+    if not isinstance(value, list):
+        raise BlockJsonError(f"{key} must be a list")
+    return value
+
+
+def _int(doc: Mapping[str, Any], key: str, *, lo: int = 0) -> int:
+    value = doc[key]
+    if type(value) is not int or value < lo:
+        raise BlockJsonError(f"{key} must be an integer >= {lo}, got {value!r}")
+    return value
+
+
+def _str(doc: Mapping[str, Any], key: str) -> str:
+    value = doc[key]
+    if not isinstance(value, str):
+        raise BlockJsonError(f"{key} must be a string")
+    return value
+
+
+def _hex(doc: Mapping[str, Any], key: str) -> bytes:
+    try:
+        return bytes.fromhex(_str(doc, key))
+    except ValueError:
+        raise BlockJsonError(f"{key} is not hex") from None
+
+
+def summarize(blocks: Iterable[Block]) -> list[BlockSummary]:
+    return [
+        BlockSummary(b.height, b.block_hash.hex(), tuple(t.hex() for t in b.tx_ids)) for b in blocks
+    ]
+
+
+def verify_served_chain(
+    docs: Sequence[object], consortium: Sequence[bytes], registry: ClientRegistry
+) -> tuple[list[Block], ChainReport | str]:
+    """Parse and verify a served chain: (the blocks that parsed, the report or why parsing
+    stopped)."""
+    blocks: list[Block] = []
+    for i, doc in enumerate(docs):
+        try:
+            blocks.append(block_from_json(doc))
+        except BlockJsonError as e:
+            return blocks, f"block {i + 1}: {e}"
+    return blocks, verify_chain(blocks, consortium, registry)
+
+
+async def fetch_chain(
+    session: aiohttp.ClientSession, url: str, *, timeout_s: float = FETCH_TIMEOUT_S
+) -> list[dict[str, Any]]:
+    """Every block a node serves, with payloads (GET /blocks?from=&limit=&payload=1 pages).
+
+    Raises ``ChainFetchError`` naming the node's URL on any failure."""
+    out: list[dict[str, Any]] = []
+    start = 1
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    while True:
+        params = {"from": str(start), "limit": str(BLOCKS_PAGE), "payload": "1"}
+        try:
+            async with session.get(f"{url}/blocks", params=params, timeout=timeout) as resp:
+                raw = await read_response(resp, MAX_PAGE_BYTES)
+                if resp.status != 200:
+                    text = raw[:300].decode("utf-8", "replace")
+                    raise ChainFetchError(f"{url}: GET /blocks answered {resp.status}: {text}")
+                page = json.loads(raw)
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
+            raise ChainFetchError(f"{url}: cannot fetch blocks from {start}: {e!r}") from e
+        if not isinstance(page, dict) or not isinstance(page.get("blocks"), list):
+            raise ChainFetchError(f"{url}: GET /blocks answered an unexpected shape")
+        out.extend(page["blocks"])
+        nxt = page.get("next")
+        if nxt is None or not page["blocks"]:
+            return out
+        if type(nxt) is not int or nxt <= start or len(out) > MAX_CHAIN_BLOCKS:
+            raise ChainFetchError(f"{url}: GET /blocks paging went wrong at {start} (next={nxt})")
+        start = nxt
+
+
+class ChainFetchError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# persistence (the history is kept beside the report for post-mortems)
+
+
+def write_history(path: Path, records: Iterable[TxRecord]) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(dataclasses.asdict(r), separators=(",", ":")) + "\n")
+
+
+def read_history(path: Path) -> list[TxRecord]:
+    fields = {f.name for f in dataclasses.fields(TxRecord)}
+    out = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            doc = json.loads(line)
+            if not isinstance(doc, dict) or set(doc) != fields:
+                raise ValueError(f"{path}:{lineno}: not a history record")
+            out.append(TxRecord(**doc))
+    return out
+
+
+def latency_percentiles(values: Sequence[float]) -> dict[str, float | int | None]:
+    """p50/p90/p99/max of ``values`` (nearest-rank), plus the count."""
+    if not values:
+        return {"count": 0, "p50": None, "p90": None, "p99": None, "max": None}
+    s = sorted(values)
+
+    def rank(p: float) -> float:
+        return s[min(len(s) - 1, max(0, int(-(-p * len(s) // 100)) - 1))]
+
+    return {
+        "count": len(s),
+        "p50": round(rank(50), 2),
+        "p90": round(rank(90), 2),
+        "p99": round(rank(99), 2),
+        "max": round(s[-1], 2),
+    }
+
+
+def per_second(times: Iterable[float], horizon_s: float) -> list[int]:
+    """Counts of ``times`` in each whole second of [0, horizon_s)."""
+    buckets = [0] * max(1, int(horizon_s) + 1)
+    for t in times:
+        if 0 <= t < len(buckets):
+            buckets[int(t)] += 1
+    return buckets
+
+
+def count_by(values: Iterable[Any]) -> dict[str, int]:
+    return {str(k): v for k, v in sorted(Counter(values).items(), key=lambda kv: str(kv[0]))}
