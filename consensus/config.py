@@ -35,8 +35,12 @@ class ReplicaConfig:
     fetch_batch_blocks: int = 64
     fetch_retry_ms: int = 500
     """How often a replica that is behind asks a peer for blocks."""
-    idle_probe_ms: int = 2000
-    """How often an idle replica asks a peer whether it missed blocks (catches silent lag)."""
+    recent_executed_max: int = 100_000
+    """Executed transaction ids the core remembers itself, so a request arriving before the
+    shell has stored the block that holds it is never admitted again."""
+    heartbeat_ms: int = 500
+    """How often a replica tells every peer it is alive (a one-block fetch probe): catches up
+    a replica that missed blocks, and lets a timer tell a faulty primary from a partition."""
     retransmit_ms: int = 500
     """How often unexecuted slots re-send this replica's own votes (lost messages)."""
     max_request_txs: int = 500

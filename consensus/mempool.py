@@ -17,7 +17,7 @@ class Mempool:
         self._txs: dict[bytes, bytes] = {}
         self._arrival_ms: dict[bytes, int] = {}
         self._queue: dict[bytes, None] = {}
-        self._relayed: set[bytes] = set()
+        self._relayed: dict[bytes, int] = {}
 
     def __len__(self) -> int:
         return len(self._txs)
@@ -41,7 +41,7 @@ class Mempool:
             if self._txs.pop(tx_id, None) is not None:
                 del self._arrival_ms[tx_id]
                 self._queue.pop(tx_id, None)
-                self._relayed.discard(tx_id)
+                self._relayed.pop(tx_id, None)
 
     def mark_proposed(self, tx_ids: Iterable[bytes]) -> None:
         for tx_id in tx_ids:
@@ -72,15 +72,17 @@ class Mempool:
     def oldest_ms(self) -> int | None:
         return next(iter(self._arrival_ms.values()), None)
 
-    def stale(self, older_than_ms: int, limit: int) -> tuple[list[bytes], list[bytes]]:
-        """Transactions waiting since before ``older_than_ms`` and never relayed; marks them."""
+    def stale(self, older_than_ms: int, now_ms: int, limit: int) -> tuple[list[bytes], list[bytes]]:
+        """Transactions waiting since before ``older_than_ms`` and not relayed since then
+        (a relay can be lost too); marks them relayed now. Scans a bounded prefix."""
         ids: list[bytes] = []
-        for tx_id, t in self._arrival_ms.items():
+        for tx_id, t in islice(self._arrival_ms.items(), 8 * limit):
             if t > older_than_ms or len(ids) >= limit:
                 break
-            if tx_id not in self._relayed:
+            if self._relayed.get(tx_id, t) <= older_than_ms:
                 ids.append(tx_id)
-        self._relayed.update(ids)
+        for tx_id in ids:
+            self._relayed[tx_id] = now_ms
         return ids, [self._txs[i] for i in ids]
 
     def items(self, limit: int) -> tuple[list[bytes], list[bytes]]:

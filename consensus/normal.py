@@ -43,7 +43,7 @@ def on_request(r: Replica, m: Request, out: Ready) -> None:
     ids: list[bytes] = []
     txs: list[bytes] = []
     for tx_id, tx in zip(m.tx_ids, m.txs, strict=True):
-        if tx_id in r.mempool or tx_id in r.inflight_ids:
+        if tx_id in r.mempool or tx_id in r.inflight_ids or r.is_committed(tx_id):
             continue
         reason = r.app.check_txs((tx_id,), (tx,))
         if reason is not None:
@@ -60,7 +60,7 @@ def _admit(
     new_ids: list[bytes] = []
     new_txs: list[bytes] = []
     for tx_id, tx in zip(tx_ids, txs, strict=True):
-        if tx_id in r.mempool or tx_id in r.inflight_ids or r.app.is_committed(tx_id):
+        if tx_id in r.mempool or tx_id in r.inflight_ids or r.is_committed(tx_id):
             continue
         if not r.mempool.add(tx_id, tx, r.now_ms):
             out.drop("mempool full", tx_id.hex())
@@ -81,7 +81,12 @@ def relay_stale(r: Replica, out: Ready) -> None:
     """A request waiting too long is sent to every replica, as a PBFT client retransmits to all
     (section 4.1), so that every backup's timer covers it and a faulty primary is replaced."""
     cutoff = r.now_ms - r.cfg.view_timeout_ms // 2
-    ids, txs = r.mempool.stale(cutoff, r.cfg.max_request_txs)
+    ids, txs = r.mempool.stale(cutoff, r.now_ms, r.cfg.max_request_txs)
+    done = [tx_id for tx_id in ids if r.is_committed(tx_id)]
+    if done:
+        r.mempool.remove(done)  # committed while this replica was away: nothing to relay
+        keep = [i for i, tx_id in enumerate(ids) if tx_id not in set(done)]
+        ids, txs = [ids[i] for i in keep], [txs[i] for i in keep]
     if ids:
         r.broadcast(Request(tuple(ids), tuple(txs), r.id), out)
 
@@ -207,7 +212,7 @@ def _check_batch(r: Replica, pp: PrePrepare) -> str | None:
         other = r.inflight_ids.get(tx_id)
         if other is not None and other != pp.seq:
             return f"transaction {tx_id.hex()[:16]} already in batch {other}"
-        if r.app.is_committed(tx_id):
+        if r.is_committed(tx_id):
             return f"transaction {tx_id.hex()[:16]} already committed"
     return r.app.check_txs(b.tx_ids, b.txs)
 
@@ -329,6 +334,7 @@ def execute(r: Replica, block: CertifiedBlock, out: Ready) -> None:
     r.remember_batch(block.seq, block.batch)
     out.committed.append(Committed(block, prev, r.head_hash))
     r.mempool.remove(block.batch.tx_ids)
+    r.note_executed(block.batch.tx_ids)
     for tx_id in block.batch.tx_ids:
         r.inflight_ids.pop(tx_id, None)
     r.buffered.pop(block.seq, None)

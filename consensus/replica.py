@@ -87,6 +87,11 @@ class Replica:
 
         self.fetch_target = last_executed
         self.next_fetch_ms = 0
+        self.next_heartbeat_ms = 0
+        self.heard_ms: dict[int, int] = {}
+        """When each peer was last heard from (any message): is a quorum reachable?"""
+        self.last_fetch_progress_ms = -(1 << 62)
+        self.recently_executed: dict[bytes, None] = {}
         self.next_retransmit_ms = 0
         self.fetch_peer = self.id
 
@@ -127,6 +132,8 @@ class Replica:
         self.now_ms = now_ms
         out = Ready()
         if isinstance(event, Receive):
+            if event.sender != self.id and self.valid_replica(event.sender):
+                self.heard_ms[event.sender] = now_ms
             self._dispatch(event.message, event.sender, out)
         elif isinstance(event, Submit):
             normal.on_submit(self, event, out)
@@ -173,9 +180,11 @@ class Replica:
             normal.relay_stale(self, out)
         if now >= self.next_fetch_ms:
             statetransfer.maybe_fetch(self, out)
+        if now >= self.next_heartbeat_ms:
+            statetransfer.heartbeat(self, out)
 
     def _deadline(self) -> int:
-        candidates = [self.next_retransmit_ms, self.next_fetch_ms]
+        candidates = [self.next_retransmit_ms, self.next_fetch_ms, self.next_heartbeat_ms]
         if self.vc_deadline_ms is not None:
             candidates.append(self.vc_deadline_ms)
         batch_due = normal.batch_deadline(self)
@@ -189,8 +198,9 @@ class Replica:
         return min(t, self.cfg.max_view_timeout_ms)
 
     def arm_view_timer(self) -> None:
-        """Start the view-change timer if requests are waiting and it is not running."""
-        if self.vc_deadline_ms is None and len(self.mempool):
+        """Start the view-change timer if requests are waiting and it is not running. (While a
+        view change is under way its own timer rules apply: ``viewchange``.)"""
+        if self.view_active and self.vc_deadline_ms is None and len(self.mempool):
             self.vc_deadline_ms = self.now_ms + self.view_timeout_ms()
 
     # -- helpers shared by the phases ----------------------------------------------------------
@@ -200,6 +210,24 @@ class Replica:
 
     def verify(self, msg: SignedMessage) -> bool:
         return self.crypto.verify(msg.replica, msg.signing_bytes(), msg.signature)
+
+    def is_committed(self, tx_id: bytes) -> bool:
+        return tx_id in self.recently_executed or self.app.is_committed(tx_id)
+
+    def note_executed(self, tx_ids: tuple[bytes, ...]) -> None:
+        recent = self.recently_executed
+        for tx_id in tx_ids:
+            recent[tx_id] = None
+        while len(recent) > self.cfg.recent_executed_max:
+            del recent[next(iter(recent))]
+
+    def quorum_reachable(self) -> bool:
+        """Heard from enough peers lately to form a quorum (Raft's pre-vote, in spirit): a
+        replica cut off from the others must not start view changes it cannot finish, or it
+        comes back views ahead of everyone and stays out of the protocol."""
+        since = self.now_ms - 4 * self.cfg.heartbeat_ms
+        heard = sum(1 for t in self.heard_ms.values() if t >= since)
+        return heard + 1 >= self.cfg.quorum
 
     def remember_batch(self, seq: int, batch: Batch) -> None:
         if batch.txs:

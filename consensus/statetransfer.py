@@ -52,28 +52,41 @@ def on_fetch_response(r: Replica, m: FetchResponse, out: Ready) -> None:
             out.drop("fetched block conflicts with our certificate", f"seq {block.seq}")
             return
         normal.execute(r, block, out)
+        r.last_fetch_progress_ms = r.now_ms
     checkpoints.check_all_stable(r, out)
     normal.try_execute(r, out)
-    if r.last_executed >= r.fetch_target:
-        r.next_fetch_ms = r.now_ms + r.cfg.idle_probe_ms
-    else:
-        r.next_fetch_ms = r.now_ms
-        maybe_fetch(r, out)
+    if r.last_fetch_progress_ms == r.now_ms and r.valid_replica(m.replica):
+        # That peer is ahead of us: keep pulling from it until it has nothing newer.
+        start = r.last_executed + 1
+        r.send_to(m.replica, FetchRequest(start, start + cfg.fetch_batch_blocks - 1, r.id), out)
 
 
 def maybe_fetch(r: Replica, out: Ready) -> None:
-    """Ask the next peer (round robin) for blocks after our last executed one. Also runs, more
-    slowly, when we do not know we are behind: a replica that missed the last blocks of a burst
-    hears of them from nobody else."""
+    """While we know we are behind (checkpoints of f+1 replicas, or a decided slot above a gap),
+    ask the next peer in turn for the blocks after our last executed one."""
     _note_gap(r)
-    behind = r.fetch_target > r.last_executed
-    r.next_fetch_ms = r.now_ms + (r.cfg.fetch_retry_ms if behind else r.cfg.idle_probe_ms)
+    r.next_fetch_ms = r.now_ms + r.cfg.fetch_retry_ms
+    if r.fetch_target <= r.last_executed:
+        return
+    start = r.last_executed + 1
+    req = FetchRequest(start, start + r.cfg.fetch_batch_blocks - 1, r.id)
+    r.send_to(_next_peer(r), req, out)
+
+
+def heartbeat(r: Replica, out: Ready) -> None:
+    """Every heartbeat, ask every peer for the one block after ours. A peer that has it sends
+    it (and we then pull the rest from that peer); the others stay silent. So a replica that
+    missed the end of a burst catches up, and every replica knows who it can still reach."""
+    r.next_heartbeat_ms = r.now_ms + r.cfg.heartbeat_ms
+    start = r.last_executed + 1
+    r.broadcast(FetchRequest(start, start, r.id), out)
+
+
+def _next_peer(r: Replica) -> int:
     r.fetch_peer = (r.fetch_peer + 1) % r.n
     if r.fetch_peer == r.id:
         r.fetch_peer = (r.fetch_peer + 1) % r.n
-    start = r.last_executed + 1
-    req = FetchRequest(start, start + r.cfg.fetch_batch_blocks - 1, r.id)
-    r.send_to(r.fetch_peer, req, out)
+    return r.fetch_peer
 
 
 def _note_gap(r: Replica) -> None:

@@ -34,6 +34,13 @@ MAX_VIEWS_PER_REPLICA = 4
 
 
 def on_view_timeout(r: Replica, out: Ready) -> None:
+    """The timer expired: suspect the primary, unless this replica is the one cut off (it
+    cannot reach a quorum) or still catching up on blocks others have decided; then look
+    again a heartbeat later. Only liveness depends on this choice, never safety."""
+    recently = r.now_ms - 4 * r.cfg.heartbeat_ms
+    if not r.quorum_reachable() or r.last_fetch_progress_ms >= recently:
+        r.vc_deadline_ms = r.now_ms + r.cfg.heartbeat_ms
+        return
     start_view_change(r, r.view + 1, out)
 
 

@@ -60,7 +60,7 @@ SIM_CONFIG: dict[str, int] = {
     "max_view_timeout_ms": 1200,
     "fetch_batch_blocks": 8,
     "fetch_retry_ms": 100,
-    "idle_probe_ms": 300,
+    "heartbeat_ms": 50,
     "retransmit_ms": 100,
 }
 """Protocol timers scaled to the sim's millisecond links so a run stays a few virtual seconds."""

@@ -315,7 +315,7 @@ FAST = {
     "batch_timeout_ms": 5,
     "view_timeout_ms": 4000,
     "fetch_retry_ms": 100,
-    "idle_probe_ms": 200,
+    "heartbeat_ms": 100,
     "retransmit_ms": 200,
     "checkpoint_interval": 4,
     "watermark_window": 16,

@@ -174,3 +174,51 @@ def test_fetched_block_with_valid_certificate_but_invalid_transaction_is_refused
     out = c.nodes[3].replica.step(Receive(resp, 2), 0)
     assert not out.committed
     assert any(reason == "fetched block rejected" for reason, _ in out.dropped)
+
+
+def test_an_isolated_replica_does_not_run_ahead_in_views_and_rejoins_after_heal() -> None:
+    """Pre-vote in spirit: a replica that cannot reach a quorum does not start a view change
+    it cannot finish; once the partition heals it is still in the cluster's view."""
+    c = start()
+    c.run(100)
+    c.down = {3}
+    c.submit(3, [tx(i) for i in range(10)])  # only the isolated replica has them
+    c.run(10_000)
+    r3 = c.nodes[3].replica
+    assert r3.view == 0 and not r3.in_view_change
+    c.down = set()
+    c.run(5_000)
+    assert all(n.replica.view == 0 and not n.replica.in_view_change for n in c.nodes)
+    assert all(tx_count(n) == 10 for n in c.nodes)
+    assert_same_chain(c)
+
+
+def test_a_replica_in_view_change_does_not_climb_views_on_new_requests() -> None:
+    c = start()
+    r = c.nodes[1].replica
+    r.step(Tick(), 0)
+    from consensus.events import Ready
+    from consensus.viewchange import start_view_change
+
+    start_view_change(r, 1, Ready())
+    for t in range(1, 20):
+        r.step(Tick(), t * 1000)
+        c.submit(1, [tx(1000 + t)])
+    assert r.view == 1, "no quorum of view-changes for view 1: its timer must not run"
+
+
+def test_a_transaction_executed_before_the_shell_stored_it_is_not_admitted_again() -> None:
+    """The core remembers what it executed: a request for it arriving in the same round (the
+    shell stores blocks only after the round) must not be proposed again."""
+    from consensus.messages import Request
+
+    c = start()
+    c.submit(0, [tx(1)])
+    c.run(200)
+    assert all(tx_count(n) == 1 for n in c.nodes)
+    for node in c.nodes:
+        node.app.committed.clear()  # as if no shell had stored the block yet
+    c.submit(0, [tx(1)])
+    c.feed(1, Receive(Request((tx(1)[0],), (tx(1)[1],), 2), 2))
+    assert c.nodes[0].replica.mempool_size == 0
+    assert c.nodes[1].replica.mempool_size == 0
