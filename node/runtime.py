@@ -204,6 +204,8 @@ class Node:
         self._started_ms = self.clock()
         self._store: Store | None = None
         self.auditor: Auditor | None = None
+        self._durable_pending: set[bytes] = set()
+        """Ids in the store's pending table (acknowledged here, not yet committed)."""
         self._replica: Replica | None = None
         self._ledger_app: LedgerApp | None = None
         self.faults = FaultLayer.from_config(config)
@@ -311,9 +313,21 @@ class Node:
         self._core_task = asyncio.create_task(self._run_core(), name="consensus")
         self._resubmit_pending()
 
+    def _forget_durable_pending(self, blocks: list[Block]) -> None:
+        """Only transactions this node acknowledged itself are on disk as pending: most nodes
+        have none of a block's, so look in memory before touching SQLite."""
+        mine = self._durable_pending
+        if not mine:
+            return
+        done = [t for b in blocks for t in b.tx_ids if t in mine]
+        if done:
+            self.store.delete_pending(done)
+            mine.difference_update(done)
+
     def _resubmit_pending(self) -> None:
         """Hand the replica what this node acknowledged before a crash and never saw commit."""
         pending = self.store.load_pending(self.config.consensus.mempool_max_txs)
+        self._durable_pending.update(t for t, _ in pending)
         step = self.config.consensus.max_request_txs
         loop = asyncio.get_running_loop()
         for i in range(0, len(pending), step):
@@ -611,7 +625,7 @@ class Node:
             raws = store.append_blocks(blocks)
             if self.auditor is not None:
                 self.auditor.note_written(blocks, raws)
-            store.delete_pending([t for b in blocks for t in b.tx_ids])
+            self._forget_durable_pending(blocks)
             self._on_committed(blocks)
         truncations = [r.truncate_through for r in readies if r.truncate_through is not None]
         if truncations:
@@ -705,6 +719,7 @@ class Node:
         accepted = [t for t, _ in kept]
         # Durable before the client hears 202: a crash now must not lose an accepted record.
         self.store.save_pending(accepted, [tx for _, tx in kept])
+        self._durable_pending.update(accepted)
         self.pending.add(accepted, self.clock())
         self.counters.submitted_txs += len(accepted)
         self.counters.refused_txs += len(refused)
