@@ -41,6 +41,8 @@ from consensus.hashing import GENESIS_HASH
 from consensus.messages import Commit
 from node import codec, ledger
 from node.api import msgpack_tx_body
+from node.argtypes import positive_float as _positive_float
+from node.argtypes import positive_int as _positive_int
 from node.config import (
     ClientEntry,
     ConfigError,
@@ -1061,26 +1063,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 # =============================================================================================
 # argument parsing
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
 
 
 def _add_json(p: argparse.ArgumentParser) -> None:

@@ -38,6 +38,9 @@ from rich.console import Console
 from rich.table import Table
 
 from consensus.hashing import GENESIS_HASH
+from node.argtypes import non_negative_int as _non_negative_int
+from node.argtypes import positive_float as _positive_float
+from node.argtypes import positive_int as _positive_int
 from node.audit import PeerClient, PeerError
 from node.codec import CodecError
 from node.config import ConfigError, NodeConfig, load_config
@@ -639,36 +642,6 @@ def _check_evidence(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # argparse
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
 
 
 def add_audit_parser(subparsers: Any) -> argparse.ArgumentParser:
