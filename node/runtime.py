@@ -33,6 +33,7 @@ import signal
 import sys
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -780,6 +781,7 @@ async def serve(config: NodeConfig, *, full_verify: bool = False) -> int:
     """Run a node until SIGTERM/SIGINT; returns the process exit status."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    log.info("event loop: %s.%s", type(loop).__module__, type(loop).__name__)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
@@ -797,4 +799,15 @@ def run_node(config_path: str | os.PathLike[str], *, full_verify: bool = False) 
     """
     config = load_config(Path(config_path))
     setup_logging(config.node_id, config.log_level)
-    return asyncio.run(serve(config, full_verify=full_verify))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(serve(config, full_verify=full_verify))
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where installed (libuv's loop: cheaper sockets and timers for aiohttp under
+    load); the standard loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
