@@ -44,9 +44,16 @@ Endpoints (every error is JSON ``{"error": "...", "detail": ...}``):
 
 ``GET /status``   node id, view, primary, height, head hash, stable checkpoint, mempool size,
                   peer links with their state, counters.
-``GET /blocks/{height}[?payload=1]``   one block (``block_to_json``); 404 if none.
-``GET /blocks?from=H&limit=L[&payload=1]``   up to L (<= ``blocks_page_max``) consecutive
-                  blocks from height H: ``{"blocks": [...], "height": head, "next": H'|null}``.
+``GET /blocks/{height}[?payload=1][&txs=1|ids|0]``   one block (``block_to_json``); 404 if none.
+``GET /blocks?from=H&limit=L[&payload=1][&txs=1|ids|0]``   up to L consecutive blocks from
+                  height H: ``{"blocks": [...], "height": head, "next": H'|null}``.
+                  ``txs`` chooses the form of each block:
+                  ``1`` (default): header, transactions (``payload=1``: with payloads) and
+                  certificate, at most ``blocks_page_max`` (100) per page;
+                  ``ids``: header, ``tx_ids`` (hex, in block order) and certificate;
+                  ``0``: header and certificate only (``ledger.header_to_json``).
+                  The light forms skip decoding the transactions (what peers' audits and the
+                  bench's observer read every second), at most ``HEADERS_PAGE_MAX`` per page.
 ``GET /health``   200 ``{"ok": true}`` while the consensus task runs, else 503.
 """
 
@@ -73,11 +80,13 @@ from node.ledger import (
     KEY_SIZE,
     NONCE_SIZE,
     SIGNATURE_SIZE,
+    BlockHeader,
     LedgerError,
     Transaction,
     TxEnvelope,
     block_to_json,
     encode_tx,
+    header_to_json,
     payload_hash,
 )
 from node.store import StoreError
@@ -95,6 +104,22 @@ ADMIT_CHUNK: Final = 64
 """Transactions verified between two yields to the event loop (keeps the node responsive)."""
 _TX_ID_HEX_LEN: Final = 64
 _DEFAULT_BLOCKS_LIMIT: Final = 20
+HEADERS_PAGE_MAX: Final = 1000
+"""Largest ``limit`` of GET /blocks in the light forms (``txs=ids`` or ``txs=0``)."""
+TXS_FULL: Final = "full"
+TXS_IDS: Final = "ids"
+TXS_NONE: Final = "none"
+_TXS_VALUES: Final = {
+    "1": TXS_FULL,
+    "full": TXS_FULL,
+    "true": TXS_FULL,
+    "yes": TXS_FULL,
+    "ids": TXS_IDS,
+    "0": TXS_NONE,
+    "none": TXS_NONE,
+    "false": TXS_NONE,
+    "no": TXS_NONE,
+}
 
 _TX_FIELDS: Final = frozenset(
     {
@@ -291,6 +316,17 @@ def _bool_param(request: web.Request, name: str) -> bool:
     raise ApiError(400, "bad query parameter", f"{name} must be 0/1 or true/false")
 
 
+def _txs_param(request: web.Request) -> str:
+    """The block form asked for (``txs``): TXS_FULL, TXS_IDS or TXS_NONE."""
+    raw = request.query.get("txs", "1").lower()
+    form = _TXS_VALUES.get(raw)
+    if form is None:
+        raise ApiError(400, "bad query parameter", "txs must be 1 (full), ids or 0 (none)")
+    if form != TXS_FULL and _bool_param(request, "payload"):
+        raise ApiError(400, "bad query parameter", "payload=1 needs the transactions (txs=1)")
+    return form
+
+
 # ---------------------------------------------------------------------------------------------
 # handlers
 
@@ -451,6 +487,15 @@ class Api:
         if not raw.isdigit() or len(raw) > 19:
             raise ApiError(400, "bad height", "height must be a positive integer")
         height = int(raw)
+        form = _txs_param(request)
+        if form != TXS_FULL:
+            try:
+                headers = self._headers(height, 1, form) if height >= 1 else []
+            except BlockUnavailable as e:
+                return e.response()
+            if not headers:
+                raise ApiError(404, "no such block", height)
+            return web.json_response(self._served(header_to_json(headers[0])))
         try:
             block = self.node.get_block(height) if height >= 1 else None
         except BlockUnavailable as e:
@@ -463,30 +508,44 @@ class Api:
         return web.json_response(self._served(doc))
 
     async def get_blocks(self, request: web.Request) -> web.Response:
+        form = _txs_param(request)
+        page_max = self.limits.blocks_page_max if form == TXS_FULL else HEADERS_PAGE_MAX
         start = _int_param(request, "from", 1, 1, codec.MAX_UINT)
-        limit = _int_param(
-            request,
-            "limit",
-            min(_DEFAULT_BLOCKS_LIMIT, self.limits.blocks_page_max),
-            1,
-            self.limits.blocks_page_max,
+        limit = _int_param(request, "limit", min(_DEFAULT_BLOCKS_LIMIT, page_max), 1, page_max)
+        docs: list[dict[str, Any]]
+        if form == TXS_FULL:
+            payload = _bool_param(request, "payload")
+            try:
+                blocks = self.node.get_blocks(start, limit)
+            except BlockUnavailable as e:
+                return e.response()
+            except StoreError as e:
+                raise ApiError(500, "store error", str(e)) from None
+            heights = [b.height for b in blocks]
+            docs = [self._served(block_to_json(b, payload)) for b in blocks]
+        else:
+            try:
+                headers = self._headers(start, limit, form)
+            except BlockUnavailable as e:
+                return e.response()
+            heights = [hd.height for hd in headers]
+            docs = [self._served(header_to_json(hd)) for hd in headers]
+        height = self.node.height
+        last = heights[-1] if heights else start - 1
+        return web.json_response(
+            {"blocks": docs, "height": height, "next": last + 1 if last < height else None}
         )
-        payload = _bool_param(request, "payload")
+
+    def _headers(self, start: int, limit: int, form: str) -> list[BlockHeader]:
+        """Headers (tx ids too for TXS_IDS) of verified blocks, through the auditor that
+        verifies what is served; BlockUnavailable as for whole blocks."""
+        auditor = self.node.auditor
+        if auditor is None:
+            raise ApiError(503, "not ready", "the node has not opened its store yet")
         try:
-            blocks = self.node.get_blocks(start, limit)
-        except BlockUnavailable as e:
-            return e.response()
+            return auditor.read_headers(start, limit, with_tx_ids=form == TXS_IDS)
         except StoreError as e:
             raise ApiError(500, "store error", str(e)) from None
-        height = self.node.height
-        last = blocks[-1].height if blocks else start - 1
-        return web.json_response(
-            {
-                "blocks": [self._served(block_to_json(b, payload)) for b in blocks],
-                "height": height,
-                "next": last + 1 if last < height else None,
-            }
-        )
 
 
 def _is_structural(reason: str) -> bool:

@@ -4,18 +4,27 @@ Three duties, all owned by one :class:`Auditor` per node and driven by one backg
 
 Cross-audit (every ``interval_ms``, default 2 s)
     For every peer: ``GET /status`` (height, head hash, stable checkpoint), then the peer's
-    blocks (``GET /blocks?from=&limit=``, the JSON of ``ledger.block_to_json``) at heights we
-    also hold, compared with our own verified copy. Each round looks at the tip (the last
-    ``recent_blocks`` common heights not yet compared) and at the next page of a sweep that
-    walks the whole common history once, so every common block is compared exactly once per
-    peer and work per round is bounded. Every served block is verified: tx ids and Merkle root
-    recomputed, block hash, commit certificate (>= quorum of distinct consortium signatures),
-    tx signatures. Per peer the report says: ``agree`` (same blocks; heights within
-    ``lag_tolerance``), ``lagging`` (heights differ by more, same blocks up to the common
-    height: an honest node catching up), ``diverged`` (a block with a valid certificate that
-    differs from ours at the same height), ``invalid`` (the peer served something that does
-    not verify) or ``unreachable``. Divergent and invalid heights stay open, and are
-    re-checked every round, until the peer serves the right block there.
+    block HEADERS (``GET /blocks?from=&limit=&txs=0``: ``ledger.header_to_json``, no
+    transactions) at heights we also hold. Each served header is verified (digest and block
+    hash recomputed, commit certificate of >= quorum distinct consortium signatures) and its
+    hash compared with ours (the verified hash we remember, else our store's hash column).
+    Commit signatures are remembered once verified (``ledger.VerifiedCommits``, seeded with
+    the certificates this node formed itself), so each peer's copy of a block costs a couple
+    of hashes and, usually, no signature check at all. Each round looks at the heights not
+    compared yet: the tip (the last ``recent_blocks`` common heights) and the next
+    ``sweep_blocks`` from a cursor that walks up the whole common history once, so every
+    common height is compared once per peer; plus a random window of ``history_sample_blocks``
+    older heights re-checked (a peer that rewrites its history later is still caught) and
+    ``body_sample_blocks`` random WHOLE blocks (without payloads), whose transactions are
+    checked against the header (tx ids, Merkle root, signatures not already known from our
+    copy). Whole blocks are otherwise fetched only to look closer: where a header disagrees
+    (bounded by ``full_blocks_per_round``) and at open issues; they make the evidence.
+    Per peer the report says: ``agree`` (same blocks; heights within ``lag_tolerance``),
+    ``lagging`` (heights differ by more, same blocks up to the common height: an honest node
+    catching up), ``diverged`` (a block with a valid certificate that differs from ours at the
+    same height), ``invalid`` (the peer served something that does not verify) or
+    ``unreachable``. Divergent and invalid heights stay open, and are re-checked every round
+    with whole blocks, until the peer serves the right block there.
 
 Evidence (``node.evidence``)
     A served block that does not verify, or two validly certified blocks at one height, is
@@ -23,10 +32,13 @@ Evidence (``node.evidence``)
     deduplicated and kept (bounded) in ``DATA_DIR/audit.sqlite``.
 
 Tamper detection and repair (our own store)
-    A block is verified whenever it is read through :meth:`Auditor.read_block` (what the API
-    serves), by a background scrub that re-verifies a few stored blocks per round, and at
-    start-up (:func:`startup_verify`: hash links of all headers, hashes of the last blocks,
-    signatures of the last few; ``full=True`` re-verifies everything). Verified blocks are
+    A block is verified whenever it is read through :meth:`Auditor.read_block` or
+    :meth:`Auditor.read_headers` (what the API serves; the newest headers come from the
+    memory of what the node committed, not from disk), by a background scrub that re-verifies
+    stored blocks within a CPU budget (``scrub_cpu_permille`` of one core, metered, in small
+    steps that yield to the event loop), and at start-up (:func:`startup_verify`: hash links
+    of all headers, hashes of the last blocks, signatures of the last few; ``full=True``
+    re-verifies everything). Verified blocks are
     remembered by the sha256 of their stored bytes, so re-reading an unchanged block costs one
     hash, and any changed byte forces a full verification. A block that fails is quarantined
     (its corrupt bytes kept with the reason), refused to readers (HTTP 503 naming the
@@ -34,22 +46,25 @@ Tamper detection and repair (our own store)
     chain around it (previous block's hash, next block's prev_hash, certificate, every tx) and
     written back with ``Store.replace_block``. Every step is an event in ``GET /audit``.
 
-Everything runs on the node's event loop thread (the store's SQLite connection belongs to it).
-Work per round is bounded by the settings; signature checks are skipped where a verified copy
-already vouches for the same bytes.
+Everything runs on the node's event loop thread (the store's SQLite connection belongs to it;
+the hash column is read through a read-only connection of the auditor's own). Work per round
+is bounded by the settings; signature checks are skipped where a verified copy already vouches
+for the same bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
+import random
 import sqlite3
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -71,19 +86,27 @@ from node.evidence import (
     Signer,
     block_exhibit_text,
     check_served_block,
+    check_served_header,
     exhibit_problem,
     make_evidence,
     parse_block_json,
+    parse_header_json,
 )
 from node.ledger import (
     HARD_MAX_PAYLOAD_BYTES,
     Block,
+    BlockHeader,
     ClientRegistry,
+    VerifiedCommits,
+    block_header,
     block_to_json,
     decode_block,
+    decode_block_header,
     encode_block,
     payload_hash,
     verify_block,
+    verify_block_header,
+    verify_txs,
 )
 from node.store import Store, StoreError
 
@@ -105,9 +128,20 @@ MSGPACK_TYPES: Final = ("application/msgpack", "application/x-msgpack", "applica
 MAX_EVIDENCE_PAGE: Final = 200
 PAGE_BLOCKS: Final = 50
 """Most blocks asked for in one GET /blocks (a node serves up to ``blocks_page_max``, 100)."""
+PAGE_HEADERS: Final = 256
+"""Most headers asked for in one GET /blocks?txs=0 (a node serves up to 1000)."""
+_HEADERS_PER_YIELD: Final = 32
+"""Served headers checked between two yields to the event loop."""
+_SCRUB_TXS_PER_STEP: Final = 32
+"""Transaction signatures the scrub checks between two yields (~2-3 ms)."""
+_RECENT_HEADERS: Final = 256
+"""Headers (with tx ids) of the newest blocks kept for serving (see ChainVerifier)."""
+_MAX_RECHECKS: Final = 8
+"""Open issues re-checked (whole blocks) per peer per round."""
 _MAX_OPEN_ISSUES: Final = 64
 _MAX_TIP_DONE: Final = 4096
 _MAX_ERROR_CHARS: Final = 300
+_DONE: Final = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +150,20 @@ class AuditSettings:
 
     interval_ms: int = 2000
     """Period of an audit round (peers, scrub, repairs)."""
-    recent_blocks: int = 8
-    """Tip window: the last common heights compared with each peer every round."""
-    sweep_blocks: int = 16
-    """Older common heights compared per peer per round, walking up from height 1."""
+    recent_blocks: int = 64
+    """Tip window: the last common heights whose headers are compared with each peer (those
+    not compared yet). Wider than the blocks committed in one round under load."""
+    sweep_blocks: int = 256
+    """Older common headers compared per peer per round, walking up from height 1 (catch-up
+    after a start; once the sweep reaches the tip, only new heights are left)."""
+    history_sample_blocks: int = 8
+    """Already compared heights re-checked (headers) per peer per round: a random window."""
+    body_sample_blocks: int = 1
+    """Whole blocks (without payloads) fetched per peer per round at random heights to check
+    their transactions against the header (tx ids, Merkle root, signatures)."""
+    full_blocks_per_round: int = 16
+    """Whole blocks fetched per peer per round to look closer where headers disagree and at
+    open issues (the lowest heights first)."""
     lag_tolerance: int = 2
     """A peer within this many blocks of us (same blocks) counts as ``agree``, not ``lagging``:
     under load, heights read a moment apart differ by a block or two."""
@@ -127,16 +171,19 @@ class AuditSettings:
     max_response_bytes: int = 32 * 1024 * 1024
     max_problems: int = 32
     """Problems remembered per peer (the newest)."""
-    scrub_blocks: int = 32
-    """Own stored blocks re-verified per round (unchanged ones cost one sha256)."""
-    scrub_budget_ms: int = 50
-    """...and at most about this much CPU time per round for it (a full block of 500 txs takes
-    ~30 ms to verify): the scrub shares the node's event loop with consensus."""
+    scrub_blocks: int = 64
+    """Own stored blocks re-verified per round at most (unchanged ones cost one sha256)."""
+    scrub_cpu_permille: int = 20
+    """CPU the scrub may use, in thousandths of one core (20: 2%), measured per step with the
+    thread's CPU clock; a step that overruns is paid back in later rounds. Full verification
+    of a block (~30 ms for 500 txs) runs in steps of ``_SCRUB_TXS_PER_STEP`` signatures."""
     repairs_per_round: int = 8
     repair_backoff_max_ms: int = 30_000
     max_quarantined: int = 256
     verified_cache: int = 100_000
     """Stored blocks remembered as verified (height -> sha256 of bytes, ~150 bytes each)."""
+    verified_commits: int = 65_536
+    """Commit signatures remembered as verified (~100 bytes each)."""
     startup_hash_blocks: int = 1024
     """Start-up check: the last this many blocks are decoded and their hashes recomputed."""
     startup_signature_blocks: int = 64
@@ -147,6 +194,8 @@ class AuditSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"AuditSettings.{name} must be a positive integer, got {value!r}")
+        if self.scrub_cpu_permille > 1000:
+            raise ValueError("AuditSettings.scrub_cpu_permille is at most 1000 (one core)")
 
 
 def _now_ms() -> int:
@@ -208,16 +257,22 @@ class ChainVerifier:
         *,
         cache_size: int = 100_000,
         max_payload: int = HARD_MAX_PAYLOAD_BYTES,
+        commits_cache: int = 65_536,
     ) -> None:
         if cache_size < 1:
             raise ValueError("cache_size must be positive")
         self.consortium = tuple(consortium)
         self.registry = registry
+        self.commits = VerifiedCommits(commits_cache)
+        """Commit signatures verified so far (ours, stored blocks', peers')."""
         # Integrity, not admission policy: accept any payload the decoder accepts, so a node
         # whose policy cap changed never calls its own history corrupt.
         self._max_payload = max_payload
         self._cache_size = cache_size
         self._cache: OrderedDict[int, _Verified] = OrderedDict()
+        self._headers: OrderedDict[int, BlockHeader] = OrderedDict()
+        """Headers with tx ids of the newest blocks this node wrote: what peers' audits and the
+        bench's observer read, just after the blocks were written."""
         self.cache_hits = 0
         self.verified = 0
         self.failures = 0
@@ -227,7 +282,12 @@ class ChainVerifier:
     def check_block(self, block: Block, prev_hash: bytes) -> str | None:
         """Full verification (``ledger.verify_block``): link, hashes, certificate, every tx."""
         return verify_block(
-            block, prev_hash, self.consortium, self.registry, max_payload=self._max_payload
+            block,
+            prev_hash,
+            self.consortium,
+            self.registry,
+            max_payload=self._max_payload,
+            verified_commits=self.commits,
         )
 
     @staticmethod
@@ -288,6 +348,78 @@ class ChainVerifier:
         self._verify(store, height, block, fingerprint)
         return block.block_hash
 
+    def read_header(
+        self, store: Store, height: int, raw: bytes, *, with_tx_ids: bool = False
+    ) -> BlockHeader:
+        """The header of the verified block stored as ``raw`` at ``height`` (with its tx ids
+        if asked): verified bytes are decoded without building their transactions.
+        BlockUnavailable if they fail verification."""
+        fingerprint = hashlib.sha256(raw).digest()
+        if self._cached(height, fingerprint) is not None:
+            with contextlib.suppress(CodecError):  # cannot fail: these bytes decoded before
+                return decode_block_header(raw, with_tx_ids=with_tx_ids)
+        block = self.decode_stored(height, raw)
+        self._verify(store, height, block, fingerprint)
+        return block_header(block, with_tx_ids=with_tx_ids)
+
+    def recent_header(self, height: int, *, with_tx_ids: bool = False) -> BlockHeader | None:
+        """The header of a block this node wrote lately, from memory (None if not kept). It is
+        what the node committed and verified, whatever its stored bytes became since: serving
+        it serves nothing corrupt, and the scrub and whole-block reads look after the bytes."""
+        header = self._headers.get(height)
+        if header is None or with_tx_ids:
+            return header
+        return dataclasses.replace(header, tx_ids=None)
+
+    def known_hash(self, height: int) -> bytes | None:
+        """The verified hash of block ``height`` if remembered (no I/O; None otherwise)."""
+        entry = self._cache.get(height)
+        return None if entry is None else entry.block_hash
+
+    def verify_steps(self, store: Store, height: int) -> Iterator[None]:
+        """Verify stored block ``height`` like :meth:`verified_hash`, as a generator whose
+        every step is short (a decode, the header and certificate, a few transactions): the
+        scrub yields to the event loop between steps and meters their CPU. Raises
+        BlockUnavailable at the end if the bytes fail, unless they were replaced meanwhile
+        (a repair): a verdict is only ever given on the bytes still stored."""
+        raw = store.get_block_raw(height)
+        if raw is None:
+            return
+        fingerprint = hashlib.sha256(raw).digest()
+        if self._cached(height, fingerprint) is not None:
+            return
+        yield
+        problem: str | None = None
+        block: Block | None = None
+        try:
+            block = self.decode_stored(height, raw)
+        except BlockUnavailable as e:
+            problem = e.reason
+        if block is not None:
+            yield
+            problem = verify_block_header(
+                block, block.prev_hash, self.consortium, verified_commits=self.commits
+            ) or self._link_problem(store, block)
+            for start in range(0, len(block.txs), _SCRUB_TXS_PER_STEP):
+                if problem:
+                    break
+                yield
+                problem = verify_txs(
+                    block,
+                    self.registry,
+                    max_payload=self._max_payload,
+                    start=start,
+                    stop=start + _SCRUB_TXS_PER_STEP,
+                )
+        if store.get_block_raw(height) != raw:
+            return
+        if problem or block is None:
+            self.failures += 1
+            self._cache.pop(height, None)
+            raise BlockUnavailable(height, problem or "does not decode")
+        self.verified += 1
+        self.remember(height, fingerprint, block)
+
     def _cached(self, height: int, fingerprint: bytes) -> _Verified | None:
         entry = self._cache.get(height)
         if entry is None or entry.fingerprint != fingerprint:
@@ -321,8 +453,17 @@ class ChainVerifier:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
+    def remember_header(self, header: BlockHeader) -> None:
+        """Keep the header (with tx ids) of a block just written: serving it then costs no
+        read and no decode (bounded: the newest few)."""
+        self._headers[header.height] = header
+        self._headers.move_to_end(header.height)
+        while len(self._headers) > _RECENT_HEADERS:
+            self._headers.popitem(last=False)
+
     def forget(self, height: int) -> None:
         self._cache.pop(height, None)
+        self._headers.pop(height, None)
 
     # -- what the neighbours say -------------------------------------------------------------
 
@@ -371,6 +512,9 @@ class ChainVerifier:
             "cache_hits": self.cache_hits,
             "verified": self.verified,
             "failures": self.failures,
+            "commits_cached": len(self.commits),
+            "commit_cache_hits": self.commits.hits,
+            "commit_cache_misses": self.commits.misses,
         }
 
 
@@ -519,6 +663,49 @@ def startup_verify(
     )
 
 
+class HashColumn:
+    """Our stored blocks' hashes by height, read from the store's ``hash`` column through a
+    read-only connection of its own (WAL: isolated from the store's writer; one indexed range
+    query per page of headers instead of reading and hashing every block). The column is what
+    the store links and serves heads by; the scrub and read-time verification check the block
+    bytes behind it, and no verdict against a peer rests on it alone (see ``_settle``).
+    A store that is not a file (tests) answers nothing: callers fall back to verified reads.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._db: sqlite3.Connection | None = None
+
+    def hashes(self, lo: int, hi: int) -> dict[int, bytes]:
+        if hi < lo:
+            return {}
+        db = self._connect()
+        if db is None:
+            return {}
+        try:
+            rows = db.execute(
+                "SELECT height, hash FROM blocks WHERE height BETWEEN ? AND ?", (lo, hi)
+            ).fetchall()
+        except sqlite3.Error as e:
+            log.warning("cannot read the store's hash column: %s", e)
+            self.close()
+            return {}
+        return {int(height): bytes(bhash) for height, bhash in rows}
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if self._db is None and self._path.is_file():
+            try:
+                self._db = sqlite3.connect(f"{self._path.resolve().as_uri()}?mode=ro", uri=True)
+            except sqlite3.Error as e:
+                log.warning("cannot open %s read-only: %s", self._path, e)
+        return self._db
+
+    def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # talking to peers
 
@@ -639,7 +826,13 @@ class PeerClient:
     ) -> list[object]:
         """Raw block documents of ``GET /blocks?from=&limit=`` (``{"blocks": [...]}`` or a
         bare array); with ``payload``, txs carry their payloads (so their hashes are checked)."""
-        extra = "&payload=1" if payload else ""
+        return await self._page(base, from_height, limit, "&payload=1" if payload else "")
+
+    async def headers(self, base: str, from_height: int, limit: int) -> list[object]:
+        """Raw header documents of ``GET /blocks?from=&limit=&txs=0`` (no transactions)."""
+        return await self._page(base, from_height, limit, "&txs=0")
+
+    async def _page(self, base: str, from_height: int, limit: int, extra: str) -> list[object]:
         doc = await self.get_json(f"{base}/blocks?from={from_height}&limit={limit}{extra}")
         items = doc.get("blocks") if isinstance(doc, dict) else doc
         if not isinstance(items, list):
@@ -790,7 +983,12 @@ class PeerCounters:
     rounds: int = 0
     unreachable: int = 0
     blocks_compared: int = 0
+    """Common heights compared for the first time (each height once)."""
+    history_samples: int = 0
+    """Already compared heights compared again (the random history window)."""
+    headers_verified: int = 0
     blocks_verified: int = 0
+    """Whole blocks fetched and verified (body sample, closer looks, open issues)."""
     invalid_blocks: int = 0
     divergent_blocks: int = 0
     evidence_recorded: int = 0
@@ -958,6 +1156,21 @@ class Repairer:
             self.quarantine(height, e.reason)
             raise
 
+    def recent_header(self, height: int, *, with_tx_ids: bool = False) -> BlockHeader | None:
+        """The header kept in memory for a block written lately (None if not kept);
+        BlockUnavailable if quarantined."""
+        self._refuse_quarantined(height)
+        return self.verifier.recent_header(height, with_tx_ids=with_tx_ids)
+
+    def read_header(self, height: int, raw: bytes, *, with_tx_ids: bool = False) -> BlockHeader:
+        """The verified block's header; BlockUnavailable if quarantined or bad now."""
+        self._refuse_quarantined(height)
+        try:
+            return self.verifier.read_header(self.store, height, raw, with_tx_ids=with_tx_ids)
+        except BlockUnavailable as e:
+            self.quarantine(height, e.reason)
+            raise
+
     def verified_hash(self, height: int) -> bytes | None:
         self._refuse_quarantined(height)
         try:
@@ -1118,7 +1331,11 @@ class Auditor:
         peers: Mapping[int, str],
         audit_log: AuditLog,
         settings: AuditSettings | None = None,
+        rng: random.Random | None = None,
+        cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
+        """``rng`` picks the sampled heights; ``cpu_clock`` (seconds of CPU used by this
+        thread) meters the scrub. Both are parameters for tests."""
         if node_id in peers:
             raise ValueError("peers must not include this node")
         self.node_id = node_id
@@ -1127,7 +1344,15 @@ class Auditor:
         self.audit_log = audit_log
         self._signer = signer
         self._peers = {pid: url.rstrip("/") for pid, url in sorted(peers.items())}
-        self.verifier = ChainVerifier(consortium, registry, cache_size=self.settings.verified_cache)
+        # Which heights are sampled only spreads the work: nothing depends on it being secret.
+        self._rng = rng or random.Random()
+        self._hash_column = HashColumn(store.path)
+        self.verifier = ChainVerifier(
+            consortium,
+            registry,
+            cache_size=self.settings.verified_cache,
+            commits_cache=self.settings.verified_commits,
+        )
         self._wake = asyncio.Event()
         self.repairer = Repairer(
             store, self.verifier, audit_log, self.settings, on_quarantine=self._wake.set
@@ -1145,6 +1370,9 @@ class Auditor:
         self._scrub_next = 1
         self._scrub_cycles = 0
         self._scrubbed = 0
+        self._scrub_credit_ms = 0.0
+        self._scrub_cpu_ms = 0.0
+        self._cpu_clock = cpu_clock
 
     @classmethod
     def for_node(
@@ -1221,6 +1449,7 @@ class Auditor:
             await session.close()
 
     def close(self) -> None:
+        self._hash_column.close()
         self.audit_log.close()
 
     async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
@@ -1263,14 +1492,16 @@ class Auditor:
         self.last_round_ms = _now_ms()
 
     async def _scrub(self) -> None:
-        """Re-verify the next few stored blocks (cycling through the chain): catches bytes
-        changed under a running node in blocks nobody reads. Bounded in blocks and in time,
-        and yields to the event loop between blocks."""
-        deadline = time.monotonic() + self.settings.scrub_budget_ms / 1000.0
-        for _ in range(self.settings.scrub_blocks):
-            await asyncio.sleep(0)
-            if time.monotonic() > deadline:
-                return
+        """Re-verify the next stored blocks (cycling through the chain): catches bytes changed
+        under a running node in blocks nobody reads. Bounded in blocks per round and in CPU:
+        every step is metered with the thread's CPU clock against a credit of
+        ``scrub_cpu_permille`` of the round's interval (an overrun is paid back in later
+        rounds), and the scrub yields to the event loop between steps."""
+        s = self.settings
+        allowance_ms = s.interval_ms * s.scrub_cpu_permille / 1000.0
+        self._scrub_credit_ms = min(self._scrub_credit_ms + allowance_ms, allowance_ms)
+        checked = 0
+        while checked < s.scrub_blocks and self._scrub_credit_ms > 0:
             head_height, _ = self.store.head()
             if self._scrub_next > head_height:
                 if head_height:
@@ -1281,9 +1512,26 @@ class Auditor:
             self._scrub_next += 1
             if self.repairer.is_quarantined(height):
                 continue
-            with contextlib.suppress(BlockUnavailable):
-                self.repairer.verified_hash(height)
+            await self._scrub_block(height)
+            checked += 1
             self._scrubbed += 1
+
+    async def _scrub_block(self, height: int) -> None:
+        steps = self.verifier.verify_steps(self.store, height)
+        while True:
+            started = self._cpu_clock()
+            try:
+                more = next(steps, _DONE) is not _DONE
+            except BlockUnavailable as e:
+                self.repairer.quarantine(height, e.reason)
+                more = False
+            finally:
+                used_ms = (self._cpu_clock() - started) * 1000.0
+                self._scrub_credit_ms -= used_ms
+                self._scrub_cpu_ms += used_ms
+            if not more:
+                return
+            await asyncio.sleep(0)
 
     async def _audit_peer(self, client: PeerClient, state: PeerState) -> None:
         try:
@@ -1315,30 +1563,37 @@ class Auditor:
             }
         state.height, state.head_hash = status.height, status.head_hash
         state.stable_seq, state.view = status.stable_seq, status.view
+        s = self.settings
         common = min(our_height, status.height)
-        heights = plan_heights(
-            state.cursor,
-            state.tip_done,
-            common,
-            recent=self.settings.recent_blocks,
-            sweep=self.settings.sweep_blocks,
+        new = plan_heights(
+            state.cursor, state.tip_done, common, recent=s.recent_blocks, sweep=s.sweep_blocks
         )
-        # Open issues and a head that does not match our block there are looked at again.
-        recheck = sorted(hh for hh in state.open_issues if hh <= common)[:8]
-        recheck += self._head_mismatch(status, our_height)
-        wanted = sorted(set(heights) | set(recheck))
+        sampled = self._history_sample(state.cursor, common)
+        # Headers: new heights, the history sample, and a head that does not match ours.
+        wanted = sorted(set(new) | set(sampled) | set(self._head_mismatch(status, our_height)))
+        headers = await self._check_headers(client, state, wanted)
+        # Whole blocks: where a header disagrees, open issues, and the body sample.
+        suspects = [hh for hh, c in sorted(headers.items()) if c.outcome in (INVALID, DIVERGED)]
+        issues = sorted(hh for hh in state.open_issues if hh <= common)[:_MAX_RECHECKS]
+        closer = sorted(set(suspects) | set(issues))[: s.full_blocks_per_round]
+        bodies = self._body_sample(common, exclude=closer)
+        full = await self._check_blocks(client, state, sorted(set(closer) | set(bodies)))
         checks: list[HeightCheck] = []
-        for lo, hi in contiguous_ranges(wanted, max_len=PAGE_BLOCKS):
-            docs = await client.blocks(state.url, lo, hi - lo + 1)
-            checks.extend(await self._check_served(state, docs, lo, hi))
+        for height in sorted(set(headers) | set(full)):
+            if height in suspects and height not in closer:
+                continue  # looked at more closely in a later round
+            check = self._settle(state, height, headers.get(height), full.get(height))
+            if check is not None:
+                checks.append(check)
+        self._count(state, checks, new=set(new), sampled=set(sampled))
         compared = {c.height for c in checks if c.outcome != UNKNOWN}
-        state.mark_done(hh for hh in heights if hh in compared)
+        state.mark_done(hh for hh in new if hh in compared)
         if compared:
             state.last_compared = max(state.last_compared, *compared)
         state.open_issues = apply_checks(state.open_issues, checks)
         self._check_status_head(state, status, checks)
         verdict = classify(
-            our_height, status.height, state.open_issues, lag_tolerance=self.settings.lag_tolerance
+            our_height, status.height, state.open_issues, lag_tolerance=s.lag_tolerance
         )
         if verdict.agreement != state.agreement and verdict.agreement in (DIVERGED, INVALID):
             log.warning(
@@ -1349,14 +1604,173 @@ class Auditor:
             )
         state.agreement, state.lag, state.last_error = verdict.agreement, verdict.lag, None
 
+    def _history_sample(self, cursor: int, common: int) -> list[int]:
+        """A random window of already compared heights to re-check (all of them if few)."""
+        top = min(cursor - 1, common)
+        size = self.settings.history_sample_blocks
+        if top <= size:
+            return list(range(1, top + 1))
+        start = self._rng.randint(1, top - size + 1)
+        return list(range(start, start + size))
+
+    def _body_sample(self, common: int, *, exclude: Iterable[int]) -> list[int]:
+        """Random common heights whose whole blocks are checked (all of them if few)."""
+        skip = set(exclude)
+        size = self.settings.body_sample_blocks
+        if common - len(skip) <= size:
+            return [hh for hh in range(1, common + 1) if hh not in skip]
+        picked: set[int] = set()
+        while len(picked) < size:
+            hh = self._rng.randint(1, common)
+            if hh not in skip:
+                picked.add(hh)
+        return sorted(picked)
+
+    def _our_hashes(self, lo: int, hi: int) -> dict[int, bytes]:
+        """Our block hashes at ``lo..hi`` to compare served headers with: the verified hash we
+        remember, else the store's hash column, else a verified read. Quarantined heights
+        (nothing trustworthy to compare with) are left out."""
+        out: dict[int, bytes] = {}
+        missing: list[int] = []
+        for height in range(lo, hi + 1):
+            if self.repairer.is_quarantined(height):
+                continue
+            known = self.verifier.known_hash(height)
+            if known is None:
+                missing.append(height)
+            else:
+                out[height] = known
+        if not missing:
+            return out
+        column = self._hash_column.hashes(missing[0], missing[-1])
+        for height in missing:
+            bhash = column.get(height)
+            if bhash is None:
+                bhash = self._our_verified_hash(height)
+            if bhash is not None:
+                out[height] = bhash
+        return out
+
+    def _our_verified_hash(self, height: int) -> bytes | None:
+        known = self.verifier.known_hash(height)
+        if known is not None:
+            return known
+        try:
+            return self.repairer.verified_hash(height)
+        except BlockUnavailable:
+            return None
+
+    async def _check_headers(
+        self, client: PeerClient, state: PeerState, heights: Sequence[int]
+    ) -> dict[int, HeightCheck]:
+        out: dict[int, HeightCheck] = {}
+        for lo, hi in contiguous_ranges(heights, max_len=PAGE_HEADERS):
+            docs = await client.headers(state.url, lo, hi - lo + 1)
+            ours = self._our_hashes(lo, hi)
+            for i, doc in enumerate(docs):
+                if i and i % _HEADERS_PER_YIELD == 0:
+                    await asyncio.sleep(0)  # consensus and the API run in between
+                check = self._check_header(state, doc, lo, hi, ours)
+                if check is not None and check.height not in out:
+                    out[check.height] = check
+        return out
+
+    def _check_header(
+        self, state: PeerState, doc: object, lo: int, hi: int, ours: Mapping[int, bytes]
+    ) -> HeightCheck | None:
+        try:
+            header = parse_header_json(doc)
+        except EvidenceError as e:
+            height = doc.get("height") if isinstance(doc, dict) else None
+            hh = height if type(height) is int and lo <= height <= hi else lo
+            return HeightCheck(hh, ours.get(hh), None, f"malformed header: {e.reason}")
+        height = header.height
+        if not lo <= height <= hi:
+            state.problem("unexpected-block", height, f"asked for {lo}..{hi}, got block {height}")
+            return None
+        our_hash = ours.get(height)
+        if our_hash is None:
+            return None  # ours is being repaired: compare later
+        state.counters.headers_verified += 1
+        problem = check_served_header(
+            header, self.verifier.consortium, verified_commits=self.verifier.commits
+        )
+        return HeightCheck(height, our_hash, header.block_hash, problem)
+
+    async def _check_blocks(
+        self, client: PeerClient, state: PeerState, heights: Sequence[int]
+    ) -> dict[int, HeightCheck]:
+        out: dict[int, HeightCheck] = {}
+        for lo, hi in contiguous_ranges(heights, max_len=PAGE_BLOCKS):
+            docs = await client.blocks(state.url, lo, hi - lo + 1)
+            for check in await self._check_served(state, docs, lo, hi):
+                out.setdefault(check.height, check)
+        return out
+
+    def _settle(
+        self, state: PeerState, height: int, header: HeightCheck | None, full: HeightCheck | None
+    ) -> HeightCheck | None:
+        """One height's outcome from its header check and its whole-block check (either may
+        be missing). A whole block that fails stands (it made the evidence); a header that
+        fails while its whole block is fine (or was not served) stands too, as a problem
+        without evidence (exhibits are whole blocks); a divergence seen in a header alone is
+        confirmed against our own verified block first."""
+        bad = (INVALID, DIVERGED)
+        if full is not None and full.outcome in bad:
+            return full
+        if header is None or header.outcome not in bad:
+            if full is not None and full.outcome == AGREE:
+                return full
+            return header or full
+        whole = " (the whole block it serves there is ours)" if full is not None else ""
+        if header.outcome == INVALID:
+            state.problem(
+                INVALID, height, f"served header does not verify: {header.problem}{whole}"
+            )
+            return header
+        ours = full.ours if full is not None and full.ours else self._our_verified_hash(height)
+        if ours is None:
+            return None  # ours is being repaired: compare later
+        check = HeightCheck(height, ours, header.theirs)
+        if check.outcome == AGREE:
+            # The peer agrees with our verified block: what disagreed was our hash column (the
+            # verified hashes we remember cannot). Repair rewrites it with a verified copy.
+            self.repairer.quarantine(
+                height, "the store's hash column does not match the block stored there"
+            )
+        elif check.outcome == DIVERGED:
+            theirs = header.theirs.hex()[:16] if header.theirs else "?"
+            state.problem(
+                DIVERGED,
+                height,
+                f"served header {theirs} is validly certified but differs from ours "
+                f"{ours.hex()[:16]}{whole}",
+            )
+        return check
+
+    @staticmethod
+    def _count(
+        state: PeerState, checks: Iterable[HeightCheck], *, new: set[int], sampled: set[int]
+    ) -> None:
+        counters = state.counters
+        for c in checks:
+            outcome = c.outcome
+            if outcome == UNKNOWN:
+                continue
+            if c.height in new:
+                counters.blocks_compared += 1
+            elif c.height in sampled:
+                counters.history_samples += 1
+            if outcome == INVALID:
+                counters.invalid_blocks += 1
+            elif outcome == DIVERGED:
+                counters.divergent_blocks += 1
+
     def _head_mismatch(self, status: PeerStatus, our_height: int) -> list[int]:
         if status.head_hash is None or not 1 <= status.height <= our_height:
             return []
-        try:
-            ours = self.repairer.verified_hash(status.height)
-        except BlockUnavailable:
-            return []
-        return [] if ours == status.head_hash else [status.height]
+        ours = self._our_verified_hash(status.height)
+        return [] if ours is None or ours == status.head_hash else [status.height]
 
     def _check_status_head(
         self, state: PeerState, status: PeerStatus, checks: list[HeightCheck]
@@ -1423,15 +1837,13 @@ class Auditor:
             self.verifier.consortium,
             registry=self.verifier.registry,
             known_signatures=known,
+            verified_commits=self.verifier.commits,
         )
-        state.counters.blocks_compared += 1
         state.counters.blocks_verified += 1
         check = HeightCheck(height, ours.block_hash, served.block_hash, problem)
         if problem:
-            state.counters.invalid_blocks += 1
             self._invalid_served(state, height, problem, block_exhibit_text(doc))
         elif check.outcome == DIVERGED:
-            state.counters.divergent_blocks += 1
             self._diverged(state, served, ours, doc)
         return check
 
@@ -1544,8 +1956,14 @@ class Auditor:
         """Blocks this node just committed and wrote: built from data its consensus core had
         verified, so the bytes written count as verified; a later change of any of them on
         disk no longer matches and is verified (and caught) on the next read."""
+        verifier = self.verifier
         for block, raw in zip(blocks, raws, strict=True):
-            self.verifier.remember(block.height, hashlib.sha256(raw).digest(), block)
+            fingerprint = hashlib.sha256(raw).digest()
+            verifier.remember(block.height, fingerprint, block)
+            # Peers' audits and the bench's observer are about to read its header.
+            verifier.remember_header(block_header(block, with_tx_ids=True))
+            # Its certificate too: peers' copies of this block carry the same commits.
+            verifier.commits.add_commits(block.commits, verifier.consortium)
 
     def read_block(self, height: int, raw: bytes | None = None) -> Block | None:
         """What the API serves: the verified block, None if absent; BlockUnavailable (answer
@@ -1568,6 +1986,36 @@ class Auditor:
             if block is None:
                 break
             out.append(block)
+        return out
+
+    def read_headers(
+        self, from_height: int, limit: int, *, with_tx_ids: bool = False
+    ) -> list[BlockHeader]:
+        """Headers of the verified blocks from ``from_height`` (at most ``limit``), with their
+        tx ids if asked, stopping before the first unavailable block; BlockUnavailable if that
+        is the very first. The newest blocks' headers come from memory; others cost a read,
+        a sha256 and a light decode when their bytes are unchanged since verified."""
+        head_height, _ = self.store.head()
+        last = min(head_height, from_height + limit - 1)
+        if from_height < 1 or last < from_height:
+            return []
+        out: list[BlockHeader] = []
+        stored: dict[int, bytes] | None = None
+        for height in range(from_height, last + 1):
+            try:
+                header = self.repairer.recent_header(height, with_tx_ids=with_tx_ids)
+                if header is None:
+                    if stored is None:  # one range query for the rest of the page
+                        stored = dict(self.store.get_blocks_raw(height, last - height + 1))
+                    raw = stored.get(height)
+                    if raw is None:
+                        break
+                    header = self.repairer.read_header(height, raw, with_tx_ids=with_tx_ids)
+            except BlockUnavailable:
+                if out:
+                    break
+                raise
+            out.append(header)
         return out
 
     # -- reports -----------------------------------------------------------------------------
@@ -1595,6 +2043,8 @@ class Auditor:
                     "next_height": self._scrub_next,
                     "cycles": self._scrub_cycles,
                     "blocks_checked": self._scrubbed,
+                    "cpu_ms": round(self._scrub_cpu_ms, 1),
+                    "cpu_permille": self.settings.scrub_cpu_permille,
                 },
                 "verifier": self.verifier.status(),
                 "startup": None if self.startup is None else self.startup.to_json(),
@@ -1678,6 +2128,7 @@ __all__ = [
     "Auditor",
     "BlockUnavailable",
     "ChainVerifier",
+    "HashColumn",
     "HeightCheck",
     "PeerClient",
     "PeerError",

@@ -25,7 +25,11 @@ sha256 of each exhibit's text, so changing any byte of a record makes it fail
 
 Also here: :func:`parse_block_json` / :func:`check_served_block`, the strict parser and
 verifier of a block in the HTTP API's JSON form (``node.ledger.block_to_json``), with or without
-payloads. The audit uses them on what peers serve; ``verify_evidence`` on exhibits.
+payloads, and :func:`parse_header_json` / :func:`check_served_header` for the light form
+without transactions (``node.ledger.header_to_json``). The audit compares peers' headers in
+every round and fetches whole blocks only to look closer (and to exhibit them as evidence:
+exhibits are always whole blocks, so a third party can recompute every id and root);
+``verify_evidence`` uses the block functions on exhibits.
 
 :class:`AuditLog` is the audit's own small SQLite database in the node's data directory
 (``audit.sqlite``, never the chain's store): evidence records, audit events (detections,
@@ -61,6 +65,7 @@ from node.ledger import (
     ClientRegistry,
     Transaction,
     TxEnvelope,
+    VerifiedCommits,
     block_to_json,
     payload_hash,
     quorum_size,
@@ -291,6 +296,7 @@ def check_served_block(
     *,
     registry: ClientRegistry | None = None,
     known_signatures: Mapping[bytes, bytes] | None = None,
+    verified_commits: VerifiedCommits | None = None,
 ) -> str | None:
     """None if the served block is internally valid; else the first problem found.
 
@@ -301,7 +307,8 @@ def check_served_block(
     that the key is registered for the hospital) and, where served, each payload's hash.
 
     ``known_signatures`` maps tx ids to signatures already verified elsewhere (our own copy of
-    the block), so an honest peer's copy of a block we hold costs no tx signature checks.
+    the block), so an honest peer's copy of a block we hold costs no tx signature checks;
+    ``verified_commits`` likewise spares commit signatures already checked.
     Cheap checks run first; signatures last.
     """
     if block.proposer != NO_PROPOSER and not 0 <= block.proposer < len(consortium):
@@ -325,7 +332,12 @@ def check_served_block(
     if chain_link(block.height, block.prev_hash, digest) != block.block_hash:
         return "block hash does not match the header"
     problem = verify_certificate(
-        block.height, digest, block.commits, consortium, quorum_size(len(consortium))
+        block.height,
+        digest,
+        block.commits,
+        consortium,
+        quorum_size(len(consortium)),
+        verified=verified_commits,
     )
     if problem:
         return problem
@@ -338,6 +350,91 @@ def check_served_block(
         if not verify(tx.client_key, tx.header_bytes(), tx.signature):
             return f"tx {i} ({tx_id.hex()[:16]}): bad signature"
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class ServedHeader:
+    """A block header as a peer served it (``ledger.header_to_json``): no transactions.
+
+    As for :class:`ServedBlock`, nothing is trusted: :func:`check_served_header` recomputes the
+    digest and the block hash and verifies the certificate. The Merkle root cannot be checked
+    without the transactions; the block hash and the certificate bind it all the same.
+    """
+
+    height: int
+    block_hash: bytes
+    prev_hash: bytes
+    merkle_root: bytes
+    claimed_digest: bytes
+    view: int
+    proposer: int
+    timestamp_ms: int
+    tx_count: int
+    commits: tuple[Commit, ...]
+
+    @property
+    def digest(self) -> bytes:
+        return batch_digest(
+            self.view, self.proposer, self.timestamp_ms, self.merkle_root, self.tx_count
+        )
+
+    @property
+    def is_null(self) -> bool:
+        return self.proposer == NO_PROPOSER
+
+
+def parse_header_json(doc: object) -> ServedHeader:
+    """Strictly parse a header in ``header_to_json`` form (a whole block document parses too:
+    its transactions are ignored, ``tx_count`` stands for them); EvidenceError naming the first
+    problem. Structure only: validity is :func:`check_served_header`'s job."""
+    d = _mapping(doc, "header")
+    proposer = _field(d, "proposer", "header")
+    if type(proposer) is not int or not NO_PROPOSER <= proposer < codec.MAX_REPLICAS:
+        raise EvidenceError("header.proposer: expected a replica id or -1")
+    tx_count = _int(d, "tx_count", "header")
+    if tx_count > _MAX_TXS:
+        raise EvidenceError(f"header.tx_count: {tx_count} exceeds the limit of {_MAX_TXS}")
+    cert = _list(_field(d, "certificate", "header"), "header.certificate", codec.MAX_REPLICAS)
+    return ServedHeader(
+        height=_int(d, "height", "header", lo=1),
+        block_hash=_hex(d, "hash", "header", HASH_SIZE),
+        prev_hash=_hex(d, "prev_hash", "header", HASH_SIZE),
+        merkle_root=_hex(d, "merkle_root", "header", HASH_SIZE),
+        claimed_digest=_hex(d, "digest", "header", HASH_SIZE),
+        view=_int(d, "view", "header"),
+        proposer=proposer,
+        timestamp_ms=_int(d, "timestamp_ms", "header"),
+        tx_count=tx_count,
+        commits=tuple(_parse_commit(c, f"header.certificate[{i}]") for i, c in enumerate(cert)),
+    )
+
+
+def check_served_header(
+    header: ServedHeader,
+    consortium: Sequence[bytes],
+    *,
+    verified_commits: VerifiedCommits | None = None,
+) -> str | None:
+    """None if the served header is internally valid: digest and block hash recomputed from its
+    fields, and a commit certificate (>= quorum of distinct consortium members) for that
+    digest. A few signatures at most, and none already in ``verified_commits``."""
+    if header.proposer != NO_PROPOSER and not 0 <= header.proposer < len(consortium):
+        return f"proposer {header.proposer} is not a consortium member"
+    if header.is_null and header.tx_count:
+        return "null block carries transactions"
+    digest = header.digest
+    if digest != header.claimed_digest:
+        return "digest does not match the header"
+    if chain_link(header.height, header.prev_hash, digest) != header.block_hash:
+        return "block hash does not match the header"
+    return verify_certificate(
+        header.height,
+        digest,
+        header.commits,
+        consortium,
+        quorum_size(len(consortium)),
+        verified=verified_commits,
+    )
 
 
 def canonical_json(doc: object) -> str:
@@ -936,15 +1033,18 @@ __all__ = [
     "Exhibit",
     "QuarantineRow",
     "ServedBlock",
+    "ServedHeader",
     "block_exhibit_text",
     "canonical_json",
     "check_served_block",
+    "check_served_header",
     "conflict_signers",
     "evidence_from_json",
     "exhibit_problem",
     "load_evidence_file",
     "make_evidence",
     "parse_block_json",
+    "parse_header_json",
     "served_from_block",
     "strip_payloads",
     "verify_evidence",

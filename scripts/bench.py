@@ -12,8 +12,9 @@ a cluster that is already running.
 The load comes from a separate process (``scripts.loadgen``) that signs every transaction before
 the clock starts, then submits them over HTTP, open loop (``--rate``) or closed loop
 (``--concurrency``), and observes commits by polling one node's ``GET /status`` at a fixed
-interval (``--poll-ms``) and reading the new blocks with ``GET /blocks``. This process samples
-every node's CPU and memory once a second, shows progress, and turns the raw records into:
+interval (``--poll-ms``) and reading the new blocks' tx ids with ``GET /blocks?txs=ids`` (headers
+and ids only: observing costs the observed node little). This process samples every node's CPU
+and memory once a second, shows progress, and turns the raw records into:
 
     OUT/result.json                 headline figures, per-node resources, errors, and a manifest
     OUT/timeline.csv                one row per second

@@ -17,11 +17,12 @@ bodies are prebuilt, so client-side signing and encoding never limit what is mea
 
 What "committed" means here, precisely: a block counts as committed at the moment the observer
 receives the first ``GET /status`` answer of the observed node whose ``height`` includes it
-(``GET /status`` is polled at a fixed interval, ``poll_ms``; block contents are then fetched with
-``GET /blocks`` on the side, so their size does not delay the next poll). A transaction's commit
-time is its block's. The observation therefore lags the node's real commit by at most one poll
-interval plus one ``/status`` round trip (on average about half an interval), and that is the
-resolution of every latency the bench reports.
+(``GET /status`` is polled at a fixed interval, ``poll_ms``; which transactions each block holds
+is then read on the side with ``GET /blocks?txs=ids``, headers and tx ids only, so neither the
+blocks' size nor their decoding delays the next poll or loads the observed node). A
+transaction's commit time is its block's. The observation therefore lags the node's real commit
+by at most one poll interval plus one ``/status`` round trip (on average about half an
+interval), and that is the resolution of every latency the bench reports.
 
 Latency origin: in closed loop, the moment the request carrying the transaction was first
 sent; in open loop, the moment it was *scheduled* to be sent, so that time spent waiting for a
@@ -59,8 +60,8 @@ SUBMIT_TIMEOUT_S: Final = 30.0
 """Timeout of one POST /tx (connect + send + answer)."""
 STATUS_TIMEOUT_S: Final = 5.0
 BLOCKS_TIMEOUT_S: Final = 30.0
-BLOCKS_PAGE: Final = 100
-"""Blocks asked for in one GET /blocks (the node caps it at its blocks_page_max)."""
+BLOCKS_PAGE: Final = 200
+"""Blocks asked for in one GET /blocks?txs=ids (a node serves up to 1000 in this form)."""
 RETRY_MIN_S: Final = 0.02
 RETRY_MAX_S: Final = 1.0
 """Backoff of a retried POST /tx (after 503 or a connection error), doubling per attempt."""
@@ -706,7 +707,7 @@ class LoadRun:
             await seen_event.wait()
             seen_event.clear()
             while self.fetched < self.seen_height:
-                url = f"{base}/blocks?from={self.fetched + 1}&limit={BLOCKS_PAGE}"
+                url = f"{base}/blocks?from={self.fetched + 1}&limit={BLOCKS_PAGE}&txs=ids"
                 page = await self._get_json(session, url, BLOCKS_TIMEOUT_S)
                 if not self._note_page(page, time.monotonic_ns()):
                     await asyncio.sleep(self.spec.poll_ms / 1000)  # no busy loop on bad pages
@@ -729,20 +730,18 @@ class LoadRun:
         observed = self.observed_at.pop(height, now)
         if height > self.seen_height:
             self.seen_height = self.height = height
-        txs = block.get("txs")
-        txs = txs if isinstance(txs, list) else []
+        tx_ids = _block_tx_ids(block)
         self.blocks.append(
             BlockSeen(
                 height=height,
                 observed_ns=observed,
                 timestamp_ms=_int(block.get("timestamp_ms")),
-                txs=len(txs),
+                txs=len(tx_ids),
                 view=_int(block.get("view")),
             )
         )
         index_of = self.pool.index_of
-        for tx in txs:
-            tx_id = tx.get("tx_id") if isinstance(tx, dict) else None
+        for tx_id in tx_ids:
             i = index_of.get(tx_id) if isinstance(tx_id, str) else None
             if i is None or self.committed_ns[i] >= 0:
                 continue  # not ours (another client, or an earlier run)
@@ -823,6 +822,18 @@ class LoadRun:
 
 def _int(value: object) -> int:
     return value if type(value) is int else 0
+
+
+def _block_tx_ids(block: dict[str, Any]) -> list[object]:
+    """The tx ids (hex) of a served block: ``tx_ids`` of the light form (``txs=ids``), or the
+    ``tx_id`` of each transaction of the full form (a node that ignores ``txs``)."""
+    ids = block.get("tx_ids")
+    if isinstance(ids, list):
+        return ids
+    txs = block.get("txs")
+    if isinstance(txs, list):
+        return [tx.get("tx_id") if isinstance(tx, dict) else None for tx in txs]
+    return []
 
 
 # =============================================================================================

@@ -186,6 +186,8 @@ def local_copy(c: Cluster, node: int, path: Path, up_to: int | None = None) -> S
 
 
 def in_process_auditor(c: Cluster, store: Store, me: int, peers: dict[int, str]) -> Auditor:
+    """An auditor with fast rounds whose body sample covers every block of these short chains
+    (by default one random whole block per peer and round is checked)."""
     config = c.configs[me]
     return Auditor(
         node_id=me,
@@ -195,7 +197,7 @@ def in_process_auditor(c: Cluster, store: Store, me: int, peers: dict[int, str])
         signer=c.node_signer(me),
         peers=peers,
         audit_log=AuditLog(None),
-        settings=AuditSettings(interval_ms=100),
+        settings=AuditSettings(interval_ms=100, body_sample_blocks=1000),
     )
 
 
@@ -299,7 +301,8 @@ def test_tampered_store_is_detected_reported_and_repaired(cluster: Cluster) -> N
 
 
 class Impostor:
-    """Impersonates replica 3's HTTP API: proxies the real node, but alters what it serves."""
+    """Impersonates replica 3's HTTP API: proxies the real node, but alters what it serves
+    (whole blocks, and the headers of the light form ``txs=0`` as the altered blocks')."""
 
     def __init__(self, real_url: str, alter: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         self.real_url = real_url
@@ -322,7 +325,10 @@ class Impostor:
 
     async def blocks(self, request: web.Request) -> web.Response:
         doc = await self._get("/blocks", request.query_string)
-        doc["blocks"] = [self.alter(b) for b in doc["blocks"]]
+        altered = [self.alter(b) for b in doc["blocks"]]
+        if request.query.get("txs") == "0":
+            altered = [{k: v for k, v in b.items() if k != "txs"} for b in altered]
+        doc["blocks"] = altered
         return web.json_response(doc)
 
     async def __aenter__(self) -> Impostor:
@@ -353,7 +359,7 @@ def test_byzantine_peer_is_caught_with_offline_checkable_evidence(
     client_secret, _ = load_key(c.layout.client_key(hospital_id(1)))
 
     def alter(doc: dict[str, Any]) -> dict[str, Any]:
-        if doc["height"] == target:
+        if doc["height"] == target and "txs" in doc:
             doc["txs"][0]["patient"] = "patient-forged"  # the tx no longer matches its id
         if doc["height"] == forked:
             doc = forge_certified(doc, keys[1:], client_secret)  # 3 colluding signers

@@ -276,6 +276,11 @@ async def test_mempool_full_is_503_with_retry_after(single: Client) -> None:
         ("/blocks?limit=101", 400, "bad query parameter"),
         ("/blocks?from=0", 400, "bad query parameter"),
         ("/blocks?payload=maybe", 400, "bad query parameter"),
+        ("/blocks?txs=maybe", 400, "bad query parameter"),
+        ("/blocks?txs=0&payload=1", 400, "bad query parameter"),
+        ("/blocks?txs=ids&limit=1001", 400, "bad query parameter"),
+        ("/blocks/1?txs=0", 404, "no such block"),
+        ("/blocks/1?txs=x", 400, "bad query parameter"),
         ("/nowhere", 404, "Not Found"),
     ],
 )
@@ -296,6 +301,9 @@ async def test_wrong_method_is_json_405(single: Client) -> None:
 async def test_empty_blocks_page(single: Client) -> None:
     body = await _json(await single.get("/blocks"))
     assert body == {"blocks": [], "height": 0, "next": None}
+    for form in ("0", "ids"):
+        body = await _json(await single.get(f"/blocks?txs={form}&limit=1000"))
+        assert body == {"blocks": [], "height": 0, "next": None}
 
 
 async def test_peer_endpoint_rejects_unknown_sender(single: Client) -> None:
@@ -397,6 +405,18 @@ async def test_cluster_commits_catches_up_and_restarts(cluster: Cluster) -> None
         assert page["next"] is None
         first = page["blocks"][0]
         assert len(first["certificate"]) >= 3
+        # The light forms: the same headers, tx ids only or nothing of the transactions.
+        async with http.get(f"{cluster.url(0)}/blocks?from=1&limit=1000&txs=ids") as resp:
+            light = await resp.json()
+        assert light["next"] is None and len(light["blocks"]) == len(page["blocks"])
+        for full, ids in zip(page["blocks"], light["blocks"], strict=True):
+            assert ids["tx_ids"] == [t["tx_id"] for t in full["txs"]]
+            assert {k: v for k, v in ids.items() if k != "tx_ids"} == {
+                k: v for k, v in full.items() if k != "txs"
+            }
+        async with http.get(f"{cluster.url(0)}/blocks/{first['height']}?txs=0") as resp:
+            header = await resp.json()
+        assert header == {k: v for k, v in first.items() if k != "txs"}
 
         # Node 3 starts late and catches up by state transfer from the others' stores.
         late = await cluster.start(3)

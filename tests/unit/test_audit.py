@@ -55,15 +55,26 @@ from node.evidence import (
     block_exhibit_text,
     canonical_json,
     check_served_block,
+    check_served_header,
     conflict_signers,
     evidence_from_json,
     load_evidence_file,
     make_evidence,
     parse_block_json,
+    parse_header_json,
     served_from_block,
     verify_evidence,
 )
-from node.ledger import Block, TxEnvelope, block_from_committed, block_to_json, encode_block
+from node.ledger import (
+    Block,
+    TxEnvelope,
+    VerifiedCommits,
+    block_from_committed,
+    block_header,
+    block_to_json,
+    encode_block,
+    header_to_json,
+)
 from node.store import Store
 from scripts.audit import add_audit_parser
 from tests.unit.helpers_ledger import (
@@ -80,7 +91,7 @@ from tests.unit.helpers_ledger import (
 
 SIGNERS = [Signer(secret) for secret, _ in REPLICA_KEYS]
 FAST = AuditSettings(
-    interval_ms=50, http_timeout_ms=2000, repair_backoff_max_ms=50, scrub_budget_ms=60_000
+    interval_ms=50, http_timeout_ms=2000, repair_backoff_max_ms=50, scrub_cpu_permille=1000
 )
 
 
@@ -159,18 +170,22 @@ JsonMutator = Callable[[dict[str, Any]], None]
 
 
 class FakePeer:
-    """A peer's HTTP API (GET /status, /blocks, /blocks/{h}) over a fixed list of blocks."""
+    """A peer's HTTP API (GET /status, /blocks[?txs=0], /blocks/{h}) over a fixed list of
+    blocks. ``mutate`` alters served documents of both forms (a mutator of transactions leaves
+    headers alone), ``header_mutate`` only headers."""
 
     def __init__(
         self,
         blocks: list[Block],
         *,
         mutate: dict[int, JsonMutator] | None = None,
+        header_mutate: dict[int, JsonMutator] | None = None,
         msgpack_blocks: dict[int, bytes] | None = None,
         status_extra: dict[str, Any] | None = None,
     ) -> None:
         self.blocks = {b.height: b for b in blocks}
         self.mutate = mutate or {}
+        self.header_mutate = header_mutate or {}
         self.msgpack_blocks = msgpack_blocks or {}
         self.status_extra = status_extra or {}
         self.requests: list[str] = []
@@ -198,12 +213,22 @@ class FakePeer:
             {"height": self.height, "head_hash": head.hex(), "view": 0, **self.status_extra}
         )
 
+    def header_doc(self, height: int) -> dict[str, Any]:
+        doc = header_to_json(block_header(self.blocks[height]))
+        for mutators in (self.mutate, self.header_mutate):
+            if height in mutators:
+                mutators[height](doc)
+        return doc
+
     async def page(self, request: web.Request) -> web.Response:
         start, limit = int(request.query["from"]), int(request.query["limit"])
+        heights = [h for h in range(start, start + min(limit, 1000)) if h in self.blocks]
+        if request.query.get("txs") == "0":
+            self.requests.append(f"headers {start}+{limit}")
+            return web.json_response({"blocks": [self.header_doc(h) for h in heights]})
         self.requests.append(f"blocks {start}+{limit}")
         payload = request.query.get("payload") == "1"
-        heights = [h for h in range(start, start + min(limit, 100)) if h in self.blocks]
-        return web.json_response({"blocks": [self.doc(h, payload) for h in heights]})
+        return web.json_response({"blocks": [self.doc(h, payload) for h in heights[:100]]})
 
     async def one(self, request: web.Request) -> web.Response:
         height = int(request.match_info["h"])
@@ -225,6 +250,16 @@ class FakePeer:
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
         await self.server.close()
+
+
+def whole_blocks_fetched(peer: FakePeer) -> set[int]:
+    """Heights whose whole blocks ``peer`` was asked for (GET /blocks without txs=0)."""
+    out: set[int] = set()
+    for q in peer.requests:
+        if q.startswith("blocks "):
+            start, limit = map(int, q.removeprefix("blocks ").split("+"))
+            out.update(range(start, start + limit))
+    return out
 
 
 def make_auditor(
@@ -380,7 +415,8 @@ def test_served_block_round_trip(chain: list[Block]) -> None:
 
 def _set_tx(key: str, value: object) -> JsonMutator:
     def m(doc: dict[str, Any]) -> None:
-        doc["txs"][0][key] = value
+        if "txs" in doc:  # a header has none: the lie is only in the whole block
+            doc["txs"][0][key] = value
 
     return m
 
@@ -444,6 +480,70 @@ def test_every_alteration_of_a_served_block_is_caught(chain: list[Block], name: 
     except EvidenceError as e:
         problem = e.reason
     assert problem is not None and expected in problem
+
+
+HEADER_ALTERATIONS: dict[str, tuple[JsonMutator, str]] = {
+    "merkle root": (_set("merkle_root", "00" * 32), "digest does not match"),
+    "timestamp": (_set("timestamp_ms", 1), "digest does not match"),
+    "tx count": (_set("tx_count", 5), "digest does not match"),
+    "digest": (_set("digest", "00" * 32), "digest does not match"),
+    "hash": (_set("hash", "00" * 32), "block hash does not match"),
+    "prev hash": (_set("prev_hash", "00" * 32), "block hash does not match"),
+    "proposer": (_set("proposer", 9), "not a consortium member"),
+    "commit signature": (_set_commit("signature", "00" * 64), "bad commit signature"),
+    "commit digest": (_set_commit("digest", "00" * 32), "another digest"),
+    "commit replica": (_set_commit("replica", 3), "bad commit signature"),
+    "commit view": (_set_commit("view", 9), "different views"),
+    "commit missing": (_drop_commit, "quorum is 3"),
+    "commit duplicated": (_dup_commit, "duplicate commit"),
+    "height type": (_set("height", "3"), "header.height"),
+    "hash not hex": (_set("hash", "zz" * 32), "not valid hex"),
+    "no certificate": (_set("certificate", None), "header.certificate"),
+}
+
+
+def test_served_header_round_trip(chain: list[Block]) -> None:
+    for block in (chain[3], chain[0]):
+        doc = header_to_json(block_header(block))
+        assert "txs" not in doc and doc == {
+            k: v for k, v in block_to_json(block).items() if k != "txs"
+        }
+        header = parse_header_json(doc)
+        assert (header.block_hash, header.digest, header.tx_count) == (
+            block.block_hash,
+            block.digest,
+            len(block.txs),
+        )
+        assert check_served_header(header, CONSORTIUM) is None
+        # A whole block document parses as its header.
+        assert parse_header_json(block_to_json(block)) == header
+
+
+@pytest.mark.parametrize("name", sorted(HEADER_ALTERATIONS))
+def test_every_alteration_of_a_served_header_is_caught(chain: list[Block], name: str) -> None:
+    mutate, expected = HEADER_ALTERATIONS[name]
+    doc = header_to_json(block_header(chain[3]))
+    mutate(doc)
+    try:
+        problem = check_served_header(parse_header_json(doc), CONSORTIUM)
+    except EvidenceError as e:
+        problem = e.reason
+    assert problem is not None and expected in problem
+
+
+def test_verified_commits_spare_only_identical_signatures(chain: list[Block]) -> None:
+    block = chain[3]
+    verified = VerifiedCommits(16)
+    header = parse_header_json(header_to_json(block_header(block)))
+    assert check_served_header(header, CONSORTIUM, verified_commits=verified) is None
+    assert (verified.hits, verified.misses, len(verified)) == (0, 3, 3)
+    assert check_served_header(header, CONSORTIUM, verified_commits=verified) is None
+    assert verified.hits == 3
+    # A cached good signature never vouches for a different one over the same commit.
+    doc = header_to_json(block_header(block))
+    doc["certificate"][0]["signature"] = "00" * 64
+    problem = check_served_header(parse_header_json(doc), CONSORTIUM, verified_commits=verified)
+    assert problem is not None and "bad commit signature" in problem
 
 
 def test_known_signatures_skip_only_identical_signatures(chain: list[Block]) -> None:
@@ -879,7 +979,7 @@ async def test_tamper_under_a_running_node_is_found_by_scrub_and_repaired(
 async def test_honest_peers_agree_and_the_sweep_covers_history(
     store: Store, chain: list[Block], running: list[Auditor]
 ) -> None:
-    settings = dataclasses.replace(FAST, recent_blocks=2, sweep_blocks=3)
+    settings = dataclasses.replace(FAST, recent_blocks=2, sweep_blocks=3, history_sample_blocks=4)
     async with FakePeer(chain) as p1, FakePeer(chain) as p2:
         auditor = await started(
             running, make_auditor(store, {1: p1.url, 2: p2.url}, settings=settings)
@@ -893,10 +993,34 @@ async def test_honest_peers_agree_and_the_sweep_covers_history(
             r = peer_report(auditor, pid)
             assert (r["agreement"], r["lag"], r["open_issues"]) == (AGREE, 0, [])
             assert r["counters"]["blocks_compared"] == len(chain)  # each compared once
-        await auditor.run_round()  # nothing new: no block fetched again
-        assert peer_report(auditor, 1)["counters"]["blocks_compared"] == len(chain)
+        p1.requests.clear()
+        await auditor.run_round()  # nothing new: a history sample and one body, no more
+        r = peer_report(auditor, 1)
+        assert r["counters"]["blocks_compared"] == len(chain)
+        assert r["counters"]["history_samples"] >= 4
+        headers = [q for q in p1.requests if q.startswith("headers")]
+        blocks = [q for q in p1.requests if q.startswith("blocks")]
+        assert headers == [h for h in headers if h.endswith("+4")] and len(headers) == 1
+        assert len(blocks) == settings.body_sample_blocks == 1 and blocks[0].endswith("+1")
         assert auditor.report()["evidence"]["count"] == 0
         assert auditor.agreement() == AGREE
+        # Each distinct commit signature was checked once, however many peers and rounds
+        # served it (10 blocks of 3 commits).
+        verifier = auditor.report()["local"]["verifier"]
+        assert 0 < verifier["commit_cache_misses"] <= 3 * len(chain)
+        assert verifier["commit_cache_hits"] > verifier["commit_cache_misses"]
+
+
+async def test_commits_of_blocks_we_wrote_are_not_verified_again(
+    store: Store, chain: list[Block], running: list[Auditor]
+) -> None:
+    async with FakePeer(chain) as peer:
+        auditor = await started(running, make_auditor(store, {1: peer.url}))
+        auditor.note_written(chain, [encode_block(b) for b in chain])
+        await auditor.run_round()
+        assert peer_report(auditor, 1)["agreement"] == AGREE
+        verifier = auditor.report()["local"]["verifier"]
+        assert verifier["commit_cache_misses"] == 0 and verifier["commit_cache_hits"] > 0
 
 
 @pytest.mark.parametrize("peer_length", [5, 10])
@@ -947,9 +1071,12 @@ async def test_forked_peer_is_diverged_with_offline_checkable_evidence(
 async def test_peer_serving_an_altered_block_is_invalid_with_evidence(
     store: Store, chain: list[Block], running: list[Auditor]
 ) -> None:
+    # 4: a transaction altered in the whole block only (found by the body sample: here every
+    # block); 7: a forged commit signature, visible in the header too.
     mutate = {4: _set_tx("patient", "patient-666"), 7: _set_commit("signature", "00" * 64)}
+    settings = dataclasses.replace(FAST, body_sample_blocks=len(chain))
     async with FakePeer(chain, mutate=mutate) as liar:
-        auditor = await started(running, make_auditor(store, {3: liar.url}))
+        auditor = await started(running, make_auditor(store, {3: liar.url}, settings=settings))
         await auditor.run_round()
         r = peer_report(auditor, 3)
         assert r["agreement"] == INVALID
@@ -966,6 +1093,86 @@ async def test_peer_serving_an_altered_block_is_invalid_with_evidence(
         liar.mutate.clear()
         await auditor.run_round()
         assert peer_report(auditor, 3)["agreement"] == AGREE
+
+
+async def test_a_bad_header_is_looked_at_closer_and_the_whole_block_is_the_evidence(
+    store: Store, chain: list[Block], running: list[Auditor]
+) -> None:
+    mutate = {7: _set_commit("signature", "00" * 64)}
+    async with FakePeer(chain, mutate=mutate) as liar:
+        auditor = await started(running, make_auditor(store, {3: liar.url}))
+        await auditor.run_round()
+        r = peer_report(auditor, 3)
+        assert r["agreement"] == INVALID and r["open_issues"] == [{"height": 7, "outcome": INVALID}]
+        [record] = auditor.evidence()
+        assert record["height"] == 7 and verify_evidence(record, CONSORTIUM) is None
+        assert "txs" in json.loads(record["exhibits"][0]["block"])  # a whole block
+        # Headers of everything; whole blocks only for 7 and the body sample.
+        whole = whole_blocks_fetched(liar)
+        assert "headers 1+10" in liar.requests and 7 in whole and len(whole) <= 2
+
+
+async def test_a_header_that_does_not_verify_is_invalid_without_evidence(
+    store: Store, chain: list[Block], running: list[Auditor]
+) -> None:
+    # The peer's headers lie, its whole blocks do not: no exhibit would show the lie.
+    async with FakePeer(chain, header_mutate={5: _set("timestamp_ms", 1)}) as liar:
+        auditor = await started(running, make_auditor(store, {2: liar.url}))
+        await auditor.run_round()
+        r = peer_report(auditor, 2)
+        assert r["agreement"] == INVALID and r["open_issues"] == [{"height": 5, "outcome": INVALID}]
+        assert "served header does not verify" in r["problems"][-1]["detail"]
+        assert "digest does not match" in r["problems"][-1]["detail"]
+        assert 5 in whole_blocks_fetched(liar)  # looked at closer
+        assert auditor.evidence() == []
+
+
+async def test_a_certified_header_of_another_block_is_diverged(
+    store: Store, chain: list[Block], running: list[Auditor]
+) -> None:
+    other = header_to_json(block_header(fork_chain(chain, 5)[4]))
+
+    def swap(doc: dict[str, Any]) -> None:
+        doc.clear()
+        doc.update(other)
+
+    async with FakePeer(chain, header_mutate={5: swap}) as liar:
+        auditor = await started(running, make_auditor(store, {2: liar.url}))
+        await auditor.run_round()
+        r = peer_report(auditor, 2)
+        assert r["agreement"] == DIVERGED
+        assert r["open_issues"] == [{"height": 5, "outcome": DIVERGED}]
+        assert "validly certified but differs from ours" in r["problems"][-1]["detail"]
+        assert auditor.evidence() == []  # the whole block it serves is ours
+
+
+async def test_a_tampered_hash_column_accuses_nobody_and_is_repaired(
+    tmp_path: Path, chain: list[Block], running: list[Auditor]
+) -> None:
+    path = tmp_path / "a.sqlite"
+    store = new_store(path, chain)
+    editor = RawEditor(path)
+    editor.set_column(6, "hash", b"\x07" * 32)
+    # The scrub stays away from 6 (a verified hash, once known, is used instead of the column).
+    settings = dataclasses.replace(FAST, scrub_blocks=1)
+    try:
+        async with FakePeer(chain) as honest:
+            auditor = await started(
+                running, make_auditor(store, {1: honest.url}, settings=settings)
+            )
+            await auditor.run_round()
+            r = peer_report(auditor, 1)
+            assert r["agreement"] == AGREE and r["open_issues"] == [] and r["problems"] == []
+            assert auditor.evidence() == []
+            assert auditor.repairer.is_quarantined(6)  # our column, not the peer, was wrong
+            await auditor.run_round()
+            assert not auditor.repairer.is_quarantined(6)
+            column = editor.db.execute("SELECT hash FROM blocks WHERE height = 6").fetchone()[0]
+            assert bytes(column) == chain[5].block_hash
+            assert peer_report(auditor, 1)["audited_through"] == len(chain)
+    finally:
+        editor.close()
+        store.close()
 
 
 async def test_status_head_that_contradicts_served_blocks_is_invalid(
@@ -1176,11 +1383,144 @@ async def test_scrub_is_bounded_per_round(store: Store, running: list[Auditor]) 
     settings = dataclasses.replace(FAST, scrub_blocks=3)
     auditor = await started(running, make_auditor(store, {}, settings=settings))
     await auditor.run_round()
-    assert auditor.report()["local"]["scrub"] == {
-        "next_height": 4,
-        "cycles": 0,
-        "blocks_checked": 3,
-    }
+    scrub = auditor.report()["local"]["scrub"]
+    assert (scrub["next_height"], scrub["cycles"], scrub["blocks_checked"]) == (4, 0, 3)
+
+
+class FakeCpuClock:
+    """Every reading advances by ``step_s``: each metered step costs exactly that."""
+
+    def __init__(self, step_s: float) -> None:
+        self.now = 0.0
+        self.step_s = step_s
+
+    def __call__(self) -> float:
+        self.now += self.step_s
+        return self.now
+
+
+async def test_scrub_stays_within_its_cpu_budget(store: Store, running: list[Auditor]) -> None:
+    # 10% of a 100 ms round = 10 ms of credit per round; every metered step costs 4 ms.
+    settings = dataclasses.replace(FAST, interval_ms=100, scrub_cpu_permille=100)
+    auditor = Auditor(
+        node_id=0,
+        store=store,
+        consortium=CONSORTIUM,
+        registry=REGISTRY,
+        signer=SIGNERS[0],
+        peers={},
+        audit_log=AuditLog(None),
+        settings=settings,
+        cpu_clock=FakeCpuClock(0.004),
+    )
+    await started(running, auditor)
+    checked = []
+    for _ in range(8):
+        await auditor.run_round()
+        checked.append(auditor.report()["local"]["scrub"]["blocks_checked"])
+    cpu_ms = auditor.report()["local"]["scrub"]["cpu_ms"]
+    # Never more than the credit of the rounds so far, plus one block's overrun.
+    assert cpu_ms <= 8 * 10 + 16
+    # An uncached block of 2 txs takes 4 steps (hash, decode, header, txs) = 16 ms > 10 ms:
+    # blocks are spread over rounds, and an overrun is paid back (some rounds check none).
+    per_round = [b - a for a, b in zip([0, *checked], checked, strict=False)]
+    assert per_round == [1, 1, 0, 1, 1, 0, 1, 0]
+
+
+def test_verification_in_steps_matches_the_one_shot_verdict(tmp_path: Path) -> None:
+    blocks = make_chain(3, txs_per_block=70)
+    path = tmp_path / "a.sqlite"
+    store = new_store(path, blocks)
+    try:
+        verifier = ChainVerifier(CONSORTIUM, REGISTRY)
+        steps = list(verifier.verify_steps(store, 2))
+        # hash, decode, header, then signatures 32 at a time: 3 steps for 70 txs.
+        assert len(steps) == 2 + 3 and verifier.known_hash(2) == blocks[1].block_hash
+        assert list(verifier.verify_steps(store, 2)) == []  # unchanged bytes: one hash
+        editor = RawEditor(path)
+        sig = blocks[2].txs[65].tx.signature
+        editor.write(3, replace_once(raw_of(path, 3), sig[:8], bytes(8)))
+        editor.close()
+        with pytest.raises(BlockUnavailable, match=r"tx 65.*bad signature"):
+            list(verifier.verify_steps(store, 3))
+        with pytest.raises(BlockUnavailable, match=r"tx 65.*bad signature"):
+            verify_on_read(store, 3, ChainVerifier(CONSORTIUM, REGISTRY))
+    finally:
+        store.close()
+
+
+def test_verification_in_steps_gives_no_verdict_on_bytes_replaced_meanwhile(
+    tmp_path: Path,
+) -> None:
+    blocks = make_chain(2, txs_per_block=1)
+    path = tmp_path / "a.sqlite"
+    store = new_store(path, blocks)
+    good = raw_of(path, 2)
+    editor = RawEditor(path)
+    editor.write(2, flip(good, 40))
+    try:
+        verifier = ChainVerifier(CONSORTIUM, REGISTRY)
+        steps = verifier.verify_steps(store, 2)
+        next(steps)
+        editor.write(2, good)  # repaired while the bad bytes were being verified
+        list(steps)  # no BlockUnavailable about bytes no longer stored
+        assert verifier.failures == 0 and verifier.known_hash(2) is None
+        assert list(verifier.verify_steps(store, 2))  # the new bytes: verified afresh
+        assert verifier.known_hash(2) == blocks[1].block_hash
+    finally:
+        editor.close()
+        store.close()
+
+
+async def test_headers_of_blocks_just_written_are_served_from_memory(
+    tmp_path: Path, chain: list[Block], running: list[Auditor]
+) -> None:
+    path = tmp_path / "a.sqlite"
+    store = new_store(path, chain)
+    try:
+        auditor = await started(running, make_auditor(store, {}))
+        auditor.note_written(chain[5:], [raw_of(path, b.height) for b in chain[5:]])
+        editor = RawEditor(path)
+        editor.write(7, replace_once(raw_of(path, 7), chain[6].commits[0].signature[:8], bytes(8)))
+        editor.close()
+        # 1..5 are read, hashed and verified; 6..10 come from memory, as committed (7 too:
+        # what is served is the verified header, not the bytes now on disk).
+        assert auditor.read_headers(1, 10, with_tx_ids=True) == [
+            block_header(b, with_tx_ids=True) for b in chain
+        ]
+        assert auditor.verifier.verified == 5
+        assert auditor.read_headers(7, 1) == [block_header(chain[6])]
+        # The bytes are caught where they are read (or scrubbed); then 7 is refused.
+        with pytest.raises(BlockUnavailable, match="bad commit signature"):
+            auditor.read_block(7)
+        with pytest.raises(BlockUnavailable, match="bad commit signature"):
+            auditor.read_headers(7, 2)
+        assert auditor.read_headers(6, 5) == [block_header(chain[5])]
+    finally:
+        store.close()
+
+
+async def test_headers_are_read_verified_with_tx_ids(
+    tmp_path: Path, chain: list[Block], running: list[Auditor]
+) -> None:
+    path = tmp_path / "a.sqlite"
+    store = new_store(path, chain)
+    try:
+        auditor = await started(running, make_auditor(store, {}))
+        expected = [block_header(b, with_tx_ids=True) for b in chain]
+        assert auditor.read_headers(1, 100, with_tx_ids=True) == expected  # verified on read
+        assert auditor.read_headers(1, 100, with_tx_ids=True) == expected  # cached: light decode
+        assert auditor.read_headers(3, 2) == [block_header(b) for b in chain[2:4]]
+        assert auditor.read_headers(11, 5) == [] and auditor.read_headers(0, 0) == []
+        editor = RawEditor(path)
+        editor.write(5, replace_once(raw_of(path, 5), chain[4].txs[0].payload[:4], b"XXXX"))
+        editor.close()
+        assert auditor.read_headers(1, 100) == [block_header(b) for b in chain[:4]]
+        with pytest.raises(BlockUnavailable, match="payload hash mismatch"):
+            auditor.read_headers(5, 3)
+        assert auditor.repairer.is_quarantined(5)
+    finally:
+        store.close()
 
 
 async def test_for_node_and_routes_before_start(

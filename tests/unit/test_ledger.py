@@ -6,30 +6,37 @@ import json
 
 import pytest
 
-from consensus.hashing import GENESIS_HASH, chain_link, merkle_root
+from consensus.hashing import GENESIS_HASH, chain_link, h, merkle_root
 from consensus.messages import NULL_BATCH, Commit
 from node.codec import CodecError
 from node.crypto import generate_keypair, sign
 from node.ledger import (
     MAX_PAYLOAD_BYTES,
+    TX_ID_DOMAIN,
     Block,
     ClientRegistry,
     LedgerApp,
     LedgerError,
     TxEnvelope,
+    VerifiedCommits,
     block_from_committed,
+    block_header,
     block_to_certified,
     block_to_json,
     check_tx,
     decode_block,
+    decode_block_header,
     decode_tx,
     encode_block,
     encode_tx,
+    header_to_json,
     make_transaction,
     quorum_size,
     verify_block,
+    verify_block_header,
     verify_certificate,
     verify_chain,
+    verify_txs,
 )
 from tests.unit.helpers_ledger import (
     CLIENT_KEYS,
@@ -55,6 +62,21 @@ def test_golden_transaction() -> None:
         "fd757dab19ccf0ae84bc7ae90654e1e81712d270f653"
     )
     assert env.tx_id.hex() == "6f2a843fc7c3b686a2df7963f45b131887cd70da1d86637b9e50823845fcf560"
+
+
+def test_tx_id_is_computed_once_and_excluded_from_equality() -> None:
+    env = make_tx(0)
+    tx = env.tx
+    first = tx.tx_id
+    assert first == h(TX_ID_DOMAIN, tx.header_bytes())
+    assert tx.tx_id is first  # memoised, not recomputed
+    fresh = decode_tx(encode_tx(env)).tx
+    assert fresh == tx and hash(fresh) == hash(tx) and "_tx_id" not in repr(tx)
+    # replace() gives a new transaction whose id is computed from its own fields.
+    other = dataclasses.replace(tx, patient="patient-other")
+    assert other.tx_id != first and other.tx_id == h(TX_ID_DOMAIN, other.header_bytes())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tx.patient = "x"  # type: ignore[misc]
 
 
 def test_golden_chain_head() -> None:
@@ -160,6 +182,23 @@ def test_encode_decode_tx_round_trip() -> None:
         (lambda raw: [*raw[:6], -1, *raw[7:]], r"tx.timestamp_ms: -1 out of range"),
         (lambda raw: [*raw[:7], raw[7].hex(), *raw[8:]], "tx.nonce: expected bytes, got string"),
         (lambda raw: [*raw[:10], "payload"], "tx.payload: expected bytes"),
+        # Every field's every condition (the decoder's fast path tests them all inline).
+        (lambda raw: [*raw[:3], "h" * 65, *raw[4:]], "tx.hospital: 65 characters"),
+        (lambda raw: [*raw[:3], 7, *raw[4:]], "tx.hospital: expected string"),
+        (lambda raw: [*raw[:4], "t" * 65, *raw[5:]], "tx.record_type: 65 characters"),
+        (lambda raw: [*raw[:4], None, *raw[5:]], "tx.record_type: expected string"),
+        (lambda raw: [*raw[:1], "r" * 129, *raw[2:]], "tx.record_id: 129 characters"),
+        (lambda raw: [*raw[:2], b"p", *raw[3:]], "tx.patient: expected string"),
+        (lambda raw: [*raw[:5], raw[5].hex(), *raw[6:]], "tx.payload_hash: expected bytes"),
+        (lambda raw: [*raw[:6], 1 << 63, *raw[7:]], r"tx.timestamp_ms: \d+ out of range"),
+        (lambda raw: [*raw[:6], True, *raw[7:]], "tx.timestamp_ms: expected integer"),
+        (lambda raw: [*raw[:6], 1.5, *raw[7:]], "tx.timestamp_ms: expected integer"),
+        (lambda raw: [*raw[:7], raw[7] + b"x", *raw[8:]], "tx.nonce: expected 16 bytes"),
+        (lambda raw: [*raw[:8], raw[8][:31], *raw[9:]], "tx.client_key: expected 32 bytes"),
+        (lambda raw: [*raw[:8], "k", *raw[9:]], "tx.client_key: expected bytes"),
+        (lambda raw: [*raw[:9], raw[9] + b"s", raw[10]], "tx.signature: expected 64 bytes"),
+        (lambda raw: [*raw[:9], 64, raw[10]], "tx.signature: expected bytes"),
+        (lambda raw: [*raw, b"extra"], "expected 11 elements"),
     ],
 )
 def test_decode_tx_rejects(mutate: object, match: str) -> None:
@@ -255,6 +294,29 @@ def test_block_to_json() -> None:
     assert bytes.fromhex(with_payload["txs"][1]["payload"]) == block.txs[1].payload
 
 
+def test_block_headers_decode_without_the_transactions() -> None:
+    for block in make_chain(4, null_every=2):
+        data = encode_block(block)
+        assert decode_block_header(data) == block_header(block)
+        with_ids = decode_block_header(data, with_tx_ids=True)
+        assert with_ids == block_header(block, with_tx_ids=True)
+        assert with_ids.tx_ids == block.tx_ids and with_ids.digest == block.digest
+        doc = header_to_json(with_ids)
+        assert doc["tx_ids"] == [t.hex() for t in block.tx_ids]
+        full = block_to_json(block)
+        assert {k: v for k, v in doc.items() if k != "tx_ids"} == {
+            k: v for k, v in full.items() if k != "txs"
+        }
+        assert "tx_ids" not in header_to_json(block_header(block))
+    with pytest.raises(CodecError):
+        decode_block_header(b"\xc1")
+    height_zero = bytearray(encode_block(make_chain(1)[0]))
+    assert height_zero[:3] == b"\x9a\x01\x01"  # array of 10: format 1, height 1
+    height_zero[2] = 0
+    with pytest.raises(CodecError, match=r"block\.height"):
+        decode_block_header(bytes(height_zero))
+
+
 # -- certificates -------------------------------------------------------------------------------
 
 
@@ -290,6 +352,48 @@ def test_verify_certificate() -> None:
     for commits, reason in cases:
         problem = verify_certificate(1, d, commits, CONSORTIUM, QUORUM)
         assert problem is not None and reason in problem, (reason, problem)
+
+
+def test_verified_commits_are_remembered_bounded_and_bound_to_the_signature() -> None:
+    d = b"d" * 32
+    good = (_commit(0), _commit(1), _commit(3))
+    verified = VerifiedCommits(capacity=4)
+    assert verify_certificate(1, d, good, CONSORTIUM, QUORUM, verified=verified) is None
+    assert (verified.misses, verified.hits, len(verified)) == (3, 0, 3)
+    assert verify_certificate(1, d, good, CONSORTIUM, QUORUM, verified=verified) is None
+    assert verified.hits == 3
+    forged = dataclasses.replace(_commit(2), signature=bytes(64))
+    problem = verify_certificate(
+        1, d, (good[0], good[1], forged), CONSORTIUM, QUORUM, verified=verified
+    )
+    assert problem == "bad commit signature from replica 2"
+    assert len(verified) == 3  # a failed signature is never remembered
+    # The same commit presented as another replica's is not a hit.
+    relabelled = dataclasses.replace(_commit(0), replica=2)
+    assert (
+        verify_certificate(
+            1, d, (good[0], good[1], relabelled), CONSORTIUM, QUORUM, verified=verified
+        )
+        == "bad commit signature from replica 2"
+    )
+    verified.add_commits([_commit(2), _commit(0, seq=2)], CONSORTIUM)
+    assert len(verified) == 4  # bounded: the least recently used went
+    with pytest.raises(ValueError, match="capacity"):
+        VerifiedCommits(0)
+
+
+def test_verify_block_in_parts_agrees_with_verify_block() -> None:
+    txs = [make_tx(40 + i, client=i % 2) for i in range(5)]
+    block = block_from_committed(make_committed(1, GENESIS_HASH, txs))
+    assert verify_block_header(block, GENESIS_HASH, CONSORTIUM) is None
+    assert verify_txs(block, REGISTRY) is None
+    bad = TxEnvelope(tx=dataclasses.replace(txs[3].tx, signature=bytes(64)), payload=b"x")
+    broken = dataclasses.replace(block, txs=(*block.txs[:3], bad, *block.txs[4:]))
+    whole = verify_block(broken, GENESIS_HASH, CONSORTIUM, REGISTRY)
+    assert whole is not None and whole.startswith("tx 3")
+    assert verify_txs(broken, REGISTRY, start=0, stop=3) is None
+    assert verify_txs(broken, REGISTRY, start=3, stop=4) == whole
+    assert verify_txs(broken, REGISTRY, start=4) is None
 
 
 # -- verify_block / verify_chain ----------------------------------------------------------------
