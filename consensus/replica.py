@@ -91,6 +91,8 @@ class Replica:
         self.heard_ms: dict[int, int] = {}
         """When each peer was last heard from (any message): is a quorum reachable?"""
         self.last_fetch_progress_ms = -(1 << 62)
+        self.unreachable_at_ms = -(1 << 62)
+        """Last time a view timer found no quorum reachable (see ``viewchange``)."""
         self.recently_executed: dict[bytes, None] = {}
         self.next_retransmit_ms = 0
         self.fetch_peer = self.id

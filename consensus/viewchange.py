@@ -38,7 +38,10 @@ def on_view_timeout(r: Replica, out: Ready) -> None:
     cannot reach a quorum) or still catching up on blocks others have decided; then look
     again a heartbeat later. Only liveness depends on this choice, never safety."""
     recently = r.now_ms - 4 * r.cfg.heartbeat_ms
-    if not r.quorum_reachable() or r.last_fetch_progress_ms >= recently:
+    if not r.quorum_reachable():
+        r.unreachable_at_ms = r.now_ms
+    # Just reconnected: first let heartbeats, state transfer and request relays catch us up.
+    if r.unreachable_at_ms >= recently or r.last_fetch_progress_ms >= recently:
         r.vc_deadline_ms = r.now_ms + r.cfg.heartbeat_ms
         return
     start_view_change(r, r.view + 1, out)
