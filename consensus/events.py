@@ -11,6 +11,7 @@ the current time, then carries out what comes back, in this order:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -80,6 +81,6 @@ class Application(Protocol):
         """None if every tx decodes, has that id and a valid signature; else the reason."""
         ...
 
-    def is_committed(self, tx_id: bytes) -> bool:
-        """True if tx_id is already on this replica's chain."""
+    def committed_among(self, tx_ids: Sequence[bytes]) -> set[bytes]:
+        """Those of ``tx_ids`` already on this replica's chain (one lookup for a whole batch)."""
         ...

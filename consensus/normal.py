@@ -42,8 +42,9 @@ def on_request(r: Replica, m: Request, out: Ready) -> None:
         return
     ids: list[bytes] = []
     txs: list[bytes] = []
+    known = r.committed_among(m.tx_ids)
     for tx_id, tx in zip(m.tx_ids, m.txs, strict=True):
-        if tx_id in r.mempool or tx_id in r.inflight_ids or r.is_committed(tx_id):
+        if tx_id in r.mempool or tx_id in r.inflight_ids or tx_id in known:
             continue
         reason = r.app.check_txs((tx_id,), (tx,))
         if reason is not None:
@@ -59,8 +60,10 @@ def _admit(
 ) -> tuple[list[bytes], list[bytes]]:
     new_ids: list[bytes] = []
     new_txs: list[bytes] = []
+    fresh = [t for t in tx_ids if t not in r.mempool and t not in r.inflight_ids]
+    known = r.committed_among(fresh) if fresh else set()
     for tx_id, tx in zip(tx_ids, txs, strict=True):
-        if tx_id in r.mempool or tx_id in r.inflight_ids or r.is_committed(tx_id):
+        if tx_id in r.mempool or tx_id in r.inflight_ids or tx_id in known:
             continue
         if not r.mempool.add(tx_id, tx, r.now_ms):
             out.drop("mempool full", tx_id.hex())
@@ -82,10 +85,10 @@ def relay_stale(r: Replica, out: Ready) -> None:
     (section 4.1), so that every backup's timer covers it and a faulty primary is replaced."""
     cutoff = r.now_ms - r.cfg.view_timeout_ms // 2
     ids, txs = r.mempool.stale(cutoff, r.now_ms, r.cfg.max_request_txs)
-    done = [tx_id for tx_id in ids if r.is_committed(tx_id)]
+    done = r.committed_among(ids) if ids else set()
     if done:
         r.mempool.remove(done)  # committed while this replica was away: nothing to relay
-        keep = [i for i, tx_id in enumerate(ids) if tx_id not in set(done)]
+        keep = [i for i, tx_id in enumerate(ids) if tx_id not in done]
         ids, txs = [ids[i] for i in keep], [txs[i] for i in keep]
     if ids:
         r.broadcast(Request(tuple(ids), tuple(txs), r.id), out)
@@ -212,8 +215,9 @@ def _check_batch(r: Replica, pp: PrePrepare) -> str | None:
         other = r.inflight_ids.get(tx_id)
         if other is not None and other != pp.seq:
             return f"transaction {tx_id.hex()[:16]} already in batch {other}"
-        if r.is_committed(tx_id):
-            return f"transaction {tx_id.hex()[:16]} already committed"
+    done = r.committed_among(b.tx_ids)
+    if done:
+        return f"transaction {next(iter(done)).hex()[:16]} already committed"
     return r.app.check_txs(b.tx_ids, b.txs)
 
 

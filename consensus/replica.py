@@ -213,8 +213,11 @@ class Replica:
     def verify(self, msg: SignedMessage) -> bool:
         return self.crypto.verify(msg.replica, msg.signing_bytes(), msg.signature)
 
-    def is_committed(self, tx_id: bytes) -> bool:
-        return tx_id in self.recently_executed or self.app.is_committed(tx_id)
+    def committed_among(self, tx_ids: Sequence[bytes]) -> set[bytes]:
+        recent = self.recently_executed
+        found = {t for t in tx_ids if t in recent}
+        rest = [t for t in tx_ids if t not in found]
+        return found | self.app.committed_among(rest) if rest else found
 
     def note_executed(self, tx_ids: tuple[bytes, ...]) -> None:
         recent = self.recently_executed

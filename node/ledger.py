@@ -912,6 +912,8 @@ def _chain_step_problem(
 class CommittedIndex(Protocol):
     def is_committed(self, tx_id: bytes) -> bool: ...
 
+    def committed_among(self, tx_ids: Sequence[bytes]) -> set[bytes]: ...
+
 
 class LedgerApp:
     """``consensus.events.Application`` over a ledger store and the client registry.
@@ -971,6 +973,9 @@ class LedgerApp:
 
     def is_committed(self, tx_id: bytes) -> bool:
         return self._store.is_committed(tx_id)
+
+    def committed_among(self, tx_ids: Sequence[bytes]) -> set[bytes]:
+        return self._store.committed_among(tx_ids)
 
     def _check_one(self, tx_id: bytes, raw: bytes) -> str | None:
         fingerprint = hashlib.sha256(raw).digest()

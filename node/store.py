@@ -268,6 +268,17 @@ class Store:
     def is_committed(self, tx_id: bytes) -> bool:
         return self.tx_height(tx_id) is not None
 
+    def committed_among(self, tx_ids: Sequence[bytes]) -> set[bytes]:
+        """Those of ``tx_ids`` on the chain: one indexed query per 500 ids, not one per id."""
+        found: set[bytes] = set()
+        ids = list(tx_ids)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(f"SELECT tx_id FROM txs WHERE tx_id IN ({marks})", chunk)
+            found.update(bytes(r[0]) for r in rows)
+        return found
+
     def tx_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM txs").fetchone()[0])
 

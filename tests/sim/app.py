@@ -8,7 +8,7 @@ check per transaction per node and slow the sweep for no extra coverage of the p
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Sequence
 
 from consensus.hashing import h
 
@@ -45,3 +45,6 @@ class SimApp:
 
     def is_committed(self, tx_id: bytes) -> bool:
         return tx_id in self._committed
+
+    def committed_among(self, tx_ids: Sequence[bytes]) -> set[bytes]:
+        return {t for t in tx_ids if t in self._committed}

@@ -421,3 +421,12 @@ def test_pending_transactions_survive_reopen_and_leave_once_committed(db_path: P
         assert s.load_pending(10) == [(extra, b"b")]
         s.delete_pending([extra])
         assert s.load_pending(10) == []
+
+
+def test_committed_among_answers_for_a_whole_batch(store: Store) -> None:
+    chain = make_chain(3)
+    store.append_blocks(chain)
+    on_chain = [env.tx_id for b in chain for env in b.txs]
+    strangers = [bytes([i]) * 32 for i in range(1, 700)]  # more than one query's worth
+    assert store.committed_among(strangers + on_chain) == set(on_chain)
+    assert store.committed_among([]) == set()
