@@ -427,6 +427,6 @@ def test_committed_among_answers_for_a_whole_batch(store: Store) -> None:
     chain = make_chain(3)
     store.append_blocks(chain)
     on_chain = [env.tx_id for b in chain for env in b.txs]
-    strangers = [bytes([i]) * 32 for i in range(1, 700)]  # more than one query's worth
+    strangers = [i.to_bytes(32, "big") for i in range(1, 700)]  # more than one query's worth
     assert store.committed_among(strangers + on_chain) == set(on_chain)
     assert store.committed_among([]) == set()
