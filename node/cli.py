@@ -38,7 +38,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from consensus.hashing import GENESIS_HASH
-from consensus.messages import Commit
 from node import codec, ledger
 from node.api import msgpack_tx_body
 from node.argtypes import positive_float as _positive_float
@@ -867,71 +866,13 @@ def fetch_blocks(url: str, up_to: int, page: int = BLOCKS_PAGE) -> Iterator[ledg
             raise _FetchError(next_height, f"node served no block at height {next_height}")
         for item in items:
             try:
-                block = block_from_json(item)
+                block = ledger.block_from_json(item)
             except (KeyError, TypeError, ValueError, codec.CodecError) as exc:
                 raise _FetchError(next_height, f"malformed block: {exc}") from exc
             yield block
             next_height = block.height + 1
             if next_height > up_to:
                 return
-
-
-def block_from_json(doc: Mapping[str, Any]) -> ledger.Block:
-    """Inverse of ``ledger.block_to_json(block, include_payload=True)``; strict: any missing,
-    mistyped or inconsistent field raises. Validity is ``verify_chain``'s job."""
-
-    def hexb(value: object, size: int | None = None) -> bytes:
-        if not isinstance(value, str):
-            raise TypeError(f"expected hex string, got {type(value).__name__}")
-        raw = bytes.fromhex(value)
-        if size is not None and len(raw) != size:
-            raise ValueError(f"expected {size} bytes, got {len(raw)}")
-        return raw
-
-    def integer(value: object) -> int:
-        if type(value) is not int:
-            raise TypeError(f"expected integer, got {type(value).__name__}")
-        return value
-
-    txs = []
-    for t in doc["txs"]:
-        if "payload" not in t:
-            raise ValueError("transaction served without its payload")
-        tx = ledger.Transaction(
-            record_id=str(t["record_id"]),
-            patient=str(t["patient"]),
-            hospital=str(t["hospital"]),
-            record_type=str(t["record_type"]),
-            payload_hash=hexb(t["payload_hash"], ledger.HASH_SIZE),
-            timestamp_ms=integer(t["timestamp_ms"]),
-            nonce=hexb(t["nonce"], ledger.NONCE_SIZE),
-            client_key=hexb(t["client_key"], ledger.KEY_SIZE),
-            signature=hexb(t["signature"], ledger.SIGNATURE_SIZE),
-        )
-        if tx.tx_id.hex() != t.get("tx_id"):
-            raise ValueError(f"tx_id {t.get('tx_id')} does not match the transaction")
-        txs.append(ledger.TxEnvelope(tx=tx, payload=hexb(t["payload"])))
-    commits = tuple(
-        Commit(
-            view=integer(c["view"]),
-            seq=integer(c["seq"]),
-            digest=hexb(c["digest"], ledger.HASH_SIZE),
-            replica=integer(c["replica"]),
-            signature=hexb(c["signature"], ledger.SIGNATURE_SIZE),
-        )
-        for c in doc["certificate"]
-    )
-    return ledger.Block(
-        height=integer(doc["height"]),
-        prev_hash=hexb(doc["prev_hash"], ledger.HASH_SIZE),
-        block_hash=hexb(doc["hash"], ledger.HASH_SIZE),
-        merkle_root=hexb(doc["merkle_root"], ledger.HASH_SIZE),
-        view=integer(doc["view"]),
-        proposer=integer(doc["proposer"]),
-        timestamp_ms=integer(doc["timestamp_ms"]),
-        txs=tuple(txs),
-        commits=commits,
-    )
 
 
 @dataclass(frozen=True, slots=True)

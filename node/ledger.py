@@ -905,6 +905,100 @@ def _chain_step_problem(
     return verify_block(block, head, consortium, registry, max_payload=max_payload)
 
 
+class BlockJsonError(ValueError):
+    """A served JSON block is malformed; the message names the field."""
+
+
+def block_from_json(doc: object) -> Block:
+    """Inverse of ``block_to_json(block, include_payload=True)``. Strict: every field present,
+    of the right type and size, served tx ids matching the transactions; anything else raises
+    BlockJsonError. Validity (signatures, certificate, links) is ``verify_chain``'s job."""
+    if not isinstance(doc, Mapping):
+        raise BlockJsonError("block must be a JSON object")
+    try:
+        txs = tuple(_tx_from_json(t, i) for i, t in enumerate(_json_list(doc, "txs")))
+        commits = tuple(_commit_from_json(c) for c in _json_list(doc, "certificate"))
+        return Block(
+            height=_json_int(doc, "height"),
+            prev_hash=_json_hex(doc, "prev_hash", HASH_SIZE),
+            block_hash=_json_hex(doc, "hash", HASH_SIZE),
+            merkle_root=_json_hex(doc, "merkle_root", HASH_SIZE),
+            view=_json_int(doc, "view"),
+            proposer=_json_int(doc, "proposer", lo=NO_PROPOSER),
+            timestamp_ms=_json_int(doc, "timestamp_ms"),
+            txs=txs,
+            commits=commits,
+        )
+    except KeyError as e:
+        raise BlockJsonError(f"missing field {e}") from None
+
+
+def _tx_from_json(doc: object, i: int) -> TxEnvelope:
+    if not isinstance(doc, Mapping):
+        raise BlockJsonError(f"txs[{i}] must be an object")
+    if not isinstance(doc.get("payload"), str):
+        raise BlockJsonError(f"txs[{i}] served without its payload (ask with payload=1)")
+    tx = Transaction(
+        record_id=_json_str(doc, "record_id"),
+        patient=_json_str(doc, "patient"),
+        hospital=_json_str(doc, "hospital"),
+        record_type=_json_str(doc, "record_type"),
+        payload_hash=_json_hex(doc, "payload_hash", HASH_SIZE),
+        timestamp_ms=_json_int(doc, "timestamp_ms"),
+        nonce=_json_hex(doc, "nonce", NONCE_SIZE),
+        client_key=_json_hex(doc, "client_key", KEY_SIZE),
+        signature=_json_hex(doc, "signature", SIGNATURE_SIZE),
+    )
+    env = TxEnvelope(tx=tx, payload=_json_hex(doc, "payload"))
+    served_id = doc.get("tx_id")
+    if served_id is not None and served_id != env.tx_id.hex():
+        raise BlockJsonError(f"txs[{i}]: served tx_id does not match the transaction")
+    return env
+
+
+def _commit_from_json(doc: object) -> Commit:
+    if not isinstance(doc, Mapping):
+        raise BlockJsonError("certificate entries must be objects")
+    return Commit(
+        view=_json_int(doc, "view"),
+        seq=_json_int(doc, "seq"),
+        digest=_json_hex(doc, "digest", HASH_SIZE),
+        replica=_json_int(doc, "replica"),
+        signature=_json_hex(doc, "signature", SIGNATURE_SIZE),
+    )
+
+
+def _json_list(doc: Mapping[str, Any], key: str) -> list[Any]:
+    value = doc[key]
+    if not isinstance(value, list):
+        raise BlockJsonError(f"{key} must be a list")
+    return value
+
+
+def _json_int(doc: Mapping[str, Any], key: str, *, lo: int = 0) -> int:
+    value = doc[key]
+    if type(value) is not int or value < lo:
+        raise BlockJsonError(f"{key} must be an integer >= {lo}, got {value!r}")
+    return value
+
+
+def _json_str(doc: Mapping[str, Any], key: str) -> str:
+    value = doc[key]
+    if not isinstance(value, str):
+        raise BlockJsonError(f"{key} must be a string")
+    return value
+
+
+def _json_hex(doc: Mapping[str, Any], key: str, size: int | None = None) -> bytes:
+    try:
+        raw = bytes.fromhex(_json_str(doc, key))
+    except ValueError:
+        raise BlockJsonError(f"{key} is not hex") from None
+    if size is not None and len(raw) != size:
+        raise BlockJsonError(f"{key} must be {size} bytes, got {len(raw)}")
+    return raw
+
+
 # ---------------------------------------------------------------------------------------------
 # consensus Application
 

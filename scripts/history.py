@@ -31,13 +31,12 @@ from typing import Any, Final
 
 import aiohttp
 
-from consensus.messages import Commit
 from node.ledger import (
     Block,
+    BlockJsonError,
     ChainReport,
     ClientRegistry,
-    Transaction,
-    TxEnvelope,
+    block_from_json,
     verify_chain,
 )
 from scripts.faultctl import read_response
@@ -237,100 +236,6 @@ def history_stats(
 
 # ---------------------------------------------------------------------------------------------
 # served chains: parsing and verification
-
-
-class BlockJsonError(ValueError):
-    pass
-
-
-def block_from_json(doc: object) -> Block:
-    """A ``node.ledger.Block`` from a served block (``block_to_json(block, payload=True)``).
-
-    Strict: every field must be there with the right type; the served ids and digest are
-    ignored in favour of recomputing them (verification is the point)."""
-    if not isinstance(doc, Mapping):
-        raise BlockJsonError("block must be a JSON object")
-    try:
-        txs = tuple(_tx_from_json(t, i) for i, t in enumerate(_list(doc, "txs")))
-        commits = tuple(_commit_from_json(c) for c in _list(doc, "certificate"))
-        return Block(
-            height=_int(doc, "height"),
-            prev_hash=_hex(doc, "prev_hash"),
-            block_hash=_hex(doc, "hash"),
-            merkle_root=_hex(doc, "merkle_root"),
-            view=_int(doc, "view"),
-            proposer=_int(doc, "proposer", lo=-1),
-            timestamp_ms=_int(doc, "timestamp_ms"),
-            txs=txs,
-            commits=commits,
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        if isinstance(e, BlockJsonError):
-            raise
-        raise BlockJsonError(f"malformed block: {type(e).__name__}: {e}") from None
-
-
-def _tx_from_json(doc: object, i: int) -> TxEnvelope:
-    if not isinstance(doc, Mapping):
-        raise BlockJsonError(f"txs[{i}] must be an object")
-    if not isinstance(doc.get("payload"), str):
-        raise BlockJsonError(f"txs[{i}] has no payload (fetch blocks with payload=1)")
-    tx = Transaction(
-        record_id=_str(doc, "record_id"),
-        patient=_str(doc, "patient"),
-        hospital=_str(doc, "hospital"),
-        record_type=_str(doc, "record_type"),
-        payload_hash=_hex(doc, "payload_hash"),
-        timestamp_ms=_int(doc, "timestamp_ms"),
-        nonce=_hex(doc, "nonce"),
-        client_key=_hex(doc, "client_key"),
-        signature=_hex(doc, "signature"),
-    )
-    env = TxEnvelope(tx=tx, payload=_hex(doc, "payload"))
-    served_id = doc.get("tx_id")
-    if served_id is not None and served_id != env.tx_id.hex():
-        raise BlockJsonError(f"txs[{i}]: served tx_id does not match the transaction")
-    return env
-
-
-def _commit_from_json(doc: object) -> Commit:
-    if not isinstance(doc, Mapping):
-        raise BlockJsonError("certificate entries must be objects")
-    return Commit(
-        view=_int(doc, "view"),
-        seq=_int(doc, "seq"),
-        digest=_hex(doc, "digest"),
-        replica=_int(doc, "replica"),
-        signature=_hex(doc, "signature"),
-    )
-
-
-def _list(doc: Mapping[str, Any], key: str) -> list[Any]:
-    value = doc[key]
-    if not isinstance(value, list):
-        raise BlockJsonError(f"{key} must be a list")
-    return value
-
-
-def _int(doc: Mapping[str, Any], key: str, *, lo: int = 0) -> int:
-    value = doc[key]
-    if type(value) is not int or value < lo:
-        raise BlockJsonError(f"{key} must be an integer >= {lo}, got {value!r}")
-    return value
-
-
-def _str(doc: Mapping[str, Any], key: str) -> str:
-    value = doc[key]
-    if not isinstance(value, str):
-        raise BlockJsonError(f"{key} must be a string")
-    return value
-
-
-def _hex(doc: Mapping[str, Any], key: str) -> bytes:
-    try:
-        return bytes.fromhex(_str(doc, key))
-    except ValueError:
-        raise BlockJsonError(f"{key} is not hex") from None
 
 
 def summarize(blocks: Iterable[Block]) -> list[BlockSummary]:
