@@ -19,6 +19,7 @@ from consensus.messages import (
 )
 
 if TYPE_CHECKING:
+    from consensus.log import Slot
     from consensus.replica import Replica
 
 
@@ -123,10 +124,7 @@ def _restore_new_view(r: Replica) -> None:
         r.next_seq = max(r.next_seq, top + 1)
 
 
-def _rebuild_prepared_proof(r: Replica, slot: object) -> None:
-    from consensus.log import Slot
-
-    assert isinstance(slot, Slot)
+def _rebuild_prepared_proof(r: Replica, slot: Slot) -> None:
     pp = slot.pre_prepare
     if pp is None:
         return
