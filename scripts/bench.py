@@ -740,7 +740,10 @@ def load_scenario(path: Path | None) -> BenchScenario | None:
         )
     if not path.is_file():
         raise BenchError(f"--scenario: no such file {path}")
-    scenario: BenchScenario = factory(path)
+    try:
+        scenario: BenchScenario = factory(path)
+    except ValueError as e:  # ScenarioError: the file is not a valid scenario
+        raise BenchError(f"--scenario: {e}") from e
     return scenario
 
 

@@ -40,6 +40,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from collections import Counter
@@ -866,6 +867,83 @@ class Timeline:
         for span in self.spans:
             if span.healed_s is None and span.error is None:
                 span.healed_s = now
+
+
+# =============================================================================================
+# under the benchmark: `medchain bench --scenario FILE`
+
+
+class BenchTimeline:
+    """A scenario's fault timeline, applied while ``medchain bench`` drives the cluster (the
+    bench's load replaces the scenario's, and the bench reports the figures). Implements
+    ``scripts.bench.BenchScenario``; the timeline runs on an event loop in its own thread so
+    the bench's loop is never blocked, and ``stop`` heals everything before returning."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._timeline: Timeline | None = None
+        self._t0 = 0.0
+
+    def prepare(self, cluster_dir: Path) -> None:
+        layout = ClusterLayout(cluster_dir)
+        for i in layout.node_indices():
+            enable_faults(layout.config_path(i), seed=1009 + i)
+
+    def start(self, cluster_dir: Path) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="scenario", daemon=True)
+        self._thread.start()
+        n = len(ClusterLayout(cluster_dir).node_indices())
+        asyncio.run_coroutine_threadsafe(self._begin(cluster_dir, n), loop).result(30.0)
+
+    async def _begin(self, cluster_dir: Path, n: int) -> None:
+        cluster = Cluster(cluster_dir, n)
+        self._session = aiohttp.ClientSession()
+        self._t0 = time.monotonic()
+        poller = Poller(self._session, cluster, self._clock)
+        admin = AdminClient(self._session, cluster.operator_secret)
+        out = Console(stderr=True, highlight=False)
+        self._timeline = Timeline(cluster, admin, poller, self._clock, out)
+        self._timeline.schedule(self.scenario.steps)
+
+    def _clock(self) -> float:
+        return time.monotonic() - self._t0
+
+    def stop(self) -> dict[str, Any]:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return {"name": self.scenario.name, "faults": [], "error": "never started"}
+        try:
+            fut = asyncio.run_coroutine_threadsafe(self._end(), loop)
+            return fut.result(STEP_GRACE_S + STARTUP_TIMEOUT_S * 2)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10.0)
+            if not thread.is_alive():
+                loop.close()
+
+    async def _end(self) -> dict[str, Any]:
+        timeline = self._timeline
+        assert timeline is not None and self._session is not None
+        try:
+            await timeline.heal_all()
+        finally:
+            await self._session.close()
+        return {
+            "name": self.scenario.name,
+            "file": str(self.scenario.path),
+            "faults": [s.to_json() for s in timeline.spans],
+            "byzantine": sorted(timeline.byzantine),
+        }
+
+
+def bench_scenario(path: Path) -> BenchTimeline:
+    """``medchain bench --scenario FILE``: the scenario's timeline as a bench companion."""
+    return BenchTimeline(load_scenario(path))
 
 
 # =============================================================================================

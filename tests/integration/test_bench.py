@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import os
 import signal
@@ -298,16 +297,41 @@ def test_defaults_are_a_closed_loop_on_four_nodes() -> None:
     assert p.batch == 500 and p.payload_size == 1024
 
 
-def test_scenario_flag_refused_while_scenarios_cannot_run(tmp_path: Path) -> None:
-    if importlib.util.find_spec("scripts.scenario") is not None:
-        import scripts.scenario
+SCENARIO = """
+name = "bench-kill-backup"
+description = "kill one backup for 2 s while the bench runs"
+nodes = 4
+duration_s = 6
 
-        if hasattr(scripts.scenario, "bench_scenario"):
-            pytest.skip("scripts/scenario.py offers bench_scenario(): scenarios can run")
+[[timeline]]
+at = 1
+fault = "kill"
+nodes = ["backup:1"]
+duration_s = 2
+"""
+
+
+def test_bench_runs_a_fault_scenario_and_reports_it(tmp_path: Path) -> None:
+    scenario = tmp_path / "kill.toml"
+    scenario.write_text(SCENARIO)
     out = tmp_path / "out"
-    code = bench.main_bench(_parse("--scenario", str(tmp_path / "s.toml"), "--out", str(out)))
+    args = ["--nodes", "4", "--duration", "5", "--warmup", "1", "--scenario", str(scenario)]
+    proc = _run([*args, "--out", str(out), "--json"], out)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["committed_txs"] > 0
+    faults = result["scenario"]["faults"]
+    assert [(f["kind"], f["error"]) for f in faults] == [("kill", None)]
+    assert faults[0]["healed_s"] is not None, "the bench heals the scenario's faults"
+
+
+def test_an_invalid_scenario_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\nnodes = 4\n[[timeline]]\nat = 1\nfault = "teleport"\n')
+    out = tmp_path / "out"
+    code = bench.main_bench(_parse("--scenario", str(bad), "--out", str(out)))
     assert code == 1
-    assert not (out / "cluster").exists()  # refused before starting anything
+    assert not (out / "cluster").exists()
 
 
 def test_percentiles_interpolate_and_are_ordered() -> None:
