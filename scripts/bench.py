@@ -1900,7 +1900,9 @@ def _default_out(sweep: bool) -> Path:
 
 def main_bench(args: argparse.Namespace) -> int:
     """``medchain bench [sweep]``: returns the exit status (0 ok, 1 error, 130 interrupted)."""
-    old_int = signal.getsignal(signal.SIGINT)
+    # Ctrl-C must interrupt even where SIGINT arrives ignored (a background job of a
+    # non-interactive shell starts with SIGINT ignored, and Python keeps it that way).
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM tears down too
     try:
         points, varying = build_points(args)
