@@ -69,9 +69,6 @@ class Mempool:
         first = next(iter(self._queue), None)
         return None if first is None else self._arrival_ms[first]
 
-    def oldest_ms(self) -> int | None:
-        return next(iter(self._arrival_ms.values()), None)
-
     def stale(self, older_than_ms: int, now_ms: int, limit: int) -> tuple[list[bytes], list[bytes]]:
         """Transactions waiting since before ``older_than_ms`` and not relayed since then
         (a relay can be lost too); marks them relayed now. Scans a bounded prefix."""

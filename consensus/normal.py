@@ -30,7 +30,7 @@ def on_submit(r: Replica, ev: Submit, out: Ready) -> None:
     if len(ev.tx_ids) != len(ev.txs):
         out.drop("malformed submit", "tx_ids and txs differ in length")
         return
-    ids, txs = _admit(r, ev.tx_ids, ev.txs, out)
+    ids, txs = _add(r, _unknown(r, ev.tx_ids, ev.txs), out)
     if ids and not r.is_primary:
         _forward(r, r.primary, ids, txs, out)
 
@@ -40,31 +40,38 @@ def on_request(r: Replica, m: Request, out: Ready) -> None:
     if len(m.tx_ids) != len(m.txs) or len(m.tx_ids) > r.cfg.max_request_txs:
         out.drop("malformed request", f"{len(m.tx_ids)} ids, {len(m.txs)} txs")
         return
-    ids: list[bytes] = []
-    txs: list[bytes] = []
-    known = r.committed_among(m.tx_ids)
-    for tx_id, tx in zip(m.tx_ids, m.txs, strict=True):
-        if tx_id in r.mempool or tx_id in r.inflight_ids or tx_id in known:
-            continue
+    valid: list[tuple[bytes, bytes]] = []
+    for tx_id, tx in _unknown(r, m.tx_ids, m.txs):
         reason = r.app.check_txs((tx_id,), (tx,))
         if reason is not None:
             out.drop("invalid transaction in request", reason)
             continue
-        ids.append(tx_id)
-        txs.append(tx)
-    _admit(r, tuple(ids), tuple(txs), out)
+        valid.append((tx_id, tx))
+    _add(r, valid, out)
 
 
-def _admit(
-    r: Replica, tx_ids: tuple[bytes, ...], txs: tuple[bytes, ...], out: Ready
+def _unknown(
+    r: Replica, tx_ids: tuple[bytes, ...], txs: tuple[bytes, ...]
+) -> list[tuple[bytes, bytes]]:
+    """The transactions this replica neither holds, nor has in flight, nor has committed (one
+    committed lookup for the lot)."""
+    pairs = [
+        (tx_id, tx)
+        for tx_id, tx in zip(tx_ids, txs, strict=True)
+        if tx_id not in r.mempool and tx_id not in r.inflight_ids
+    ]
+    known = r.committed_among([tx_id for tx_id, _ in pairs]) if pairs else set()
+    return [(tx_id, tx) for tx_id, tx in pairs if tx_id not in known]
+
+
+def _add(
+    r: Replica, pairs: list[tuple[bytes, bytes]], out: Ready
 ) -> tuple[list[bytes], list[bytes]]:
     new_ids: list[bytes] = []
     new_txs: list[bytes] = []
-    fresh = [t for t in tx_ids if t not in r.mempool and t not in r.inflight_ids]
-    known = r.committed_among(fresh) if fresh else set()
-    for tx_id, tx in zip(tx_ids, txs, strict=True):
-        if tx_id in r.mempool or tx_id in r.inflight_ids or tx_id in known:
-            continue
+    for tx_id, tx in pairs:
+        if tx_id in r.mempool:
+            continue  # the same transaction twice in one request
         if not r.mempool.add(tx_id, tx, r.now_ms):
             out.drop("mempool full", tx_id.hex())
             continue

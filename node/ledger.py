@@ -1004,8 +1004,6 @@ def _json_hex(doc: Mapping[str, Any], key: str, size: int | None = None) -> byte
 
 
 class CommittedIndex(Protocol):
-    def is_committed(self, tx_id: bytes) -> bool: ...
-
     def committed_among(self, tx_ids: Sequence[bytes]) -> set[bytes]: ...
 
 
@@ -1064,9 +1062,6 @@ class LedgerApp:
             if problem:
                 return f"tx {i} ({tx_id.hex()[:16]}): {problem}"
         return None
-
-    def is_committed(self, tx_id: bytes) -> bool:
-        return self._store.is_committed(tx_id)
 
     def committed_among(self, tx_ids: Sequence[bytes]) -> set[bytes]:
         return self._store.committed_among(tx_ids)

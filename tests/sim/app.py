@@ -43,8 +43,5 @@ class SimApp:
     def check_txs(self, tx_ids: tuple[bytes, ...], txs: tuple[bytes, ...]) -> str | None:
         return tx_problem(tx_ids, txs)
 
-    def is_committed(self, tx_id: bytes) -> bool:
-        return tx_id in self._committed
-
     def committed_among(self, tx_ids: Sequence[bytes]) -> set[bytes]:
         return {t for t in tx_ids if t in self._committed}

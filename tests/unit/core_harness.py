@@ -49,9 +49,6 @@ class MemApp:
                 return "invalid transaction"
         return None
 
-    def is_committed(self, tx_id: bytes) -> bool:
-        return tx_id in self.committed
-
     def committed_among(self, tx_ids: object) -> set[bytes]:
         return {t for t in tx_ids if t in self.committed}  # type: ignore[attr-defined]
 

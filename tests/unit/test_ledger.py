@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 
 import pytest
 
@@ -487,8 +488,8 @@ class FakeIndex:
     def __init__(self) -> None:
         self.committed: set[bytes] = set()
 
-    def is_committed(self, tx_id: bytes) -> bool:
-        return tx_id in self.committed
+    def committed_among(self, tx_ids: Sequence[bytes]) -> set[bytes]:
+        return {t for t in tx_ids if t in self.committed}
 
 
 def _batch(envs: list[TxEnvelope]) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
@@ -545,10 +546,10 @@ def test_ledger_app_cache_is_bounded() -> None:
         LedgerApp(FakeIndex(), REGISTRY, cache_size=0)
 
 
-def test_ledger_app_is_committed_uses_the_store() -> None:
+def test_ledger_app_committed_among_uses_the_store() -> None:
     index = FakeIndex()
     app = LedgerApp(index, REGISTRY)
     env = make_tx(60)
-    assert not app.is_committed(env.tx_id)
+    assert not app.committed_among([env.tx_id])
     index.committed.add(env.tx_id)
-    assert app.is_committed(env.tx_id)
+    assert app.committed_among([env.tx_id]) == {env.tx_id}

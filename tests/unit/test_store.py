@@ -161,9 +161,9 @@ def test_ledger_app_over_store(store: Store) -> None:
     chain = make_chain(1)
     app = LedgerApp(store, REGISTRY)
     tx_id = chain[0].txs[0].tx_id
-    assert not app.is_committed(tx_id)
+    assert not app.committed_among([tx_id])
     store.append_blocks(chain)
-    assert app.is_committed(tx_id)
+    assert app.committed_among([tx_id]) == {tx_id}
 
 
 # -- corruption and repair ----------------------------------------------------------------------
