@@ -9,14 +9,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from consensus.events import Ready
-from consensus.messages import Checkpoint
+from consensus.events import DropReason, Forget, Ready, Retention
+from consensus.messages import Checkpoint, Commit, Prepare, PrePrepare
 
 if TYPE_CHECKING:
     from consensus.replica import Replica
 
 # Distinct checkpoint seqs remembered above the stable one; older ones are pruned first.
 MAX_CHECKPOINT_SEQS = 16
+
+
+def retention(stable_seq: int) -> Retention:
+    """What a replica may forget of its persisted log once ``stable_seq`` is stable: the
+    pre-prepares, prepares and commits at or below it, and the checkpoints below it. Those AT
+    it stay: they are the stable checkpoint's proof, which every view-change carries."""
+    return Retention(
+        (
+            Forget(frozenset({PrePrepare, Prepare, Commit}), below_seq=stable_seq + 1),
+            Forget(frozenset({Checkpoint}), below_seq=stable_seq),
+        )
+    )
 
 
 def take_checkpoint(r: Replica, out: Ready) -> None:
@@ -29,7 +41,7 @@ def take_checkpoint(r: Replica, out: Ready) -> None:
 
 def on_checkpoint(r: Replica, cp: Checkpoint, out: Ready) -> None:
     if not r.valid_replica(cp.replica):
-        out.drop("unknown replica", f"checkpoint from {cp.replica}")
+        out.drop(DropReason.UNKNOWN_REPLICA, f"checkpoint from {cp.replica}", replica=cp.replica)
         return
     if cp.seq <= r.stable_seq or cp.seq % r.cfg.checkpoint_interval:
         return
@@ -37,7 +49,8 @@ def on_checkpoint(r: Replica, cp: Checkpoint, out: Ready) -> None:
     if votes is not None and cp.replica in votes:
         return
     if not r.verify(cp):
-        out.drop("bad signature", f"checkpoint from {cp.replica}")
+        detail = f"checkpoint from {cp.replica}"
+        out.drop(DropReason.BAD_SIGNATURE, detail, replica=cp.replica, seq=cp.seq)
         return
     _record(r, cp)
     check_stable(r, cp.seq, out)
@@ -93,7 +106,7 @@ def make_stable(
     r.stable_digest = digest
     r.stable_proof = proof
     out.persist.extend(c for c in proof if c.replica != r.id)
-    out.truncate_through = seq
+    out.forget(retention(seq))
     r.log.collect_garbage(seq)
     for s in [s for s in r.checkpoint_votes if s < seq]:
         del r.checkpoint_votes[s]

@@ -11,8 +11,6 @@ from collections.abc import Sequence
 
 import msgpack
 
-DIGEST_SIZE = 32
-
 
 def h(domain: bytes, *parts: bytes) -> bytes:
     """sha256 over a domain tag and length-prefixed parts (no ambiguity between splits)."""

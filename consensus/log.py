@@ -6,6 +6,7 @@ Slots at or below h are garbage-collected when a checkpoint becomes stable.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from consensus.messages import Commit, Prepare, PreparedProof, PrePrepare
@@ -27,6 +28,8 @@ class Slot:
     """When this replica last sent its own message for this slot (drives retransmission)."""
     certificate: tuple[Commit, ...] | None = None
     """2f+1 matching commits: the slot is committed and may execute once its turn comes."""
+    accepted_ms: int = 0
+    """When this replica accepted ``pre_prepare`` (a batch not prepared long after is relayed)."""
 
     def reset_for_view(self, view: int) -> None:
         """Drop per-view state on a view change; a committed slot keeps its decision."""
@@ -65,3 +68,7 @@ class Log:
 
     def __len__(self) -> int:
         return len(self._slots)
+
+    def __iter__(self) -> Iterator[Slot]:
+        """Every slot, in no particular order (``slots()`` sorts)."""
+        return iter(self._slots.values())

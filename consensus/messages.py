@@ -63,7 +63,6 @@ class Batch:
 
 
 NULL_BATCH = Batch(view=0, proposer=NO_PROPOSER, timestamp_ms=0, tx_ids=(), txs=())
-NULL_DIGEST = NULL_BATCH.digest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from consensus import checkpoints, viewchange
-from consensus.events import Committed, Ready, Submit
+from consensus.events import Committed, DropReason, Ready, Submit
 from consensus.hashing import chain_link
 from consensus.log import Slot
 from consensus.messages import (
@@ -26,25 +26,44 @@ if TYPE_CHECKING:
 
 
 def on_submit(r: Replica, ev: Submit, out: Ready) -> None:
-    """Client transactions admitted by this node's shell (already signature-checked)."""
+    """Client transactions admitted by this node's shell (already signature-checked). New ones
+    are refused while the backlog is older than ``admission_max_age_ms`` (admission control:
+    the client is told to retry rather than wait behind it), except those the shell has
+    acknowledged already (re-offered after a restart or a view change)."""
     if len(ev.tx_ids) != len(ev.txs):
-        out.drop("malformed submit", "tx_ids and txs differ in length")
+        out.drop(DropReason.MALFORMED_SUBMIT, "tx_ids and txs differ in length")
         return
-    ids, txs = _add(r, _unknown(r, ev.tx_ids, ev.txs), out)
+    pairs = _unknown(r, ev.tx_ids, ev.txs)
+    age = backlog_age_ms(r)
+    if pairs and not ev.acknowledged and age > r.cfg.admission_max_age_ms:
+        fresh = tuple(tx_id for tx_id, _ in pairs if tx_id not in r.mempool)
+        out.drop(DropReason.BACKLOG_TOO_OLD, f"oldest waited {age} ms", tx_ids=fresh)
+        pairs = [(tx_id, tx) for tx_id, tx in pairs if tx_id in r.mempool]
+    ids, txs = _add(r, pairs, out, local=True)
     if ids and not r.is_primary:
         _forward(r, r.primary, ids, txs, out)
+
+
+def backlog_age_ms(r: Replica) -> int:
+    """How long the longest-waiting transaction this replica holds has waited (0 if none)."""
+    oldest = r.mempool.oldest_ms()
+    return 0 if oldest is None else max(0, r.now_ms - oldest)
 
 
 def on_request(r: Replica, m: Request, out: Ready) -> None:
     """Transactions forwarded or relayed by a peer: checked here, since the peer is untrusted."""
     if len(m.tx_ids) != len(m.txs) or len(m.tx_ids) > r.cfg.max_request_txs:
-        out.drop("malformed request", f"{len(m.tx_ids)} ids, {len(m.txs)} txs")
+        out.drop(
+            DropReason.MALFORMED_REQUEST,
+            f"{len(m.tx_ids)} ids, {len(m.txs)} txs",
+            replica=m.replica,
+        )
         return
     valid: list[tuple[bytes, bytes]] = []
     for tx_id, tx in _unknown(r, m.tx_ids, m.txs):
         reason = r.app.check_txs((tx_id,), (tx,))
         if reason is not None:
-            out.drop("invalid transaction in request", reason)
+            out.drop(DropReason.INVALID_REQUEST_TX, reason, tx_ids=(tx_id,), replica=m.replica)
             continue
         valid.append((tx_id, tx))
     _add(r, valid, out)
@@ -65,18 +84,25 @@ def _unknown(
 
 
 def _add(
-    r: Replica, pairs: list[tuple[bytes, bytes]], out: Ready
+    r: Replica, pairs: list[tuple[bytes, bytes]], out: Ready, *, local: bool = False
 ) -> tuple[list[bytes], list[bytes]]:
+    """Into the mempool; returns those new to it. ``local``: submitted by this node's own
+    clients (relayed by this replica if they wait too long, see ``relay_stale``)."""
     new_ids: list[bytes] = []
     new_txs: list[bytes] = []
+    full: list[bytes] = []
+    mempool = r.mempool
     for tx_id, tx in pairs:
-        if tx_id in r.mempool:
-            continue  # the same transaction twice in one request
-        if not r.mempool.add(tx_id, tx, r.now_ms):
-            out.drop("mempool full", tx_id.hex())
+        if tx_id in mempool:
+            mempool.add(tx_id, tx, r.now_ms, local=local)  # a no-op, or now local too
+            continue
+        if not mempool.add(tx_id, tx, r.now_ms, local=local):
+            full.append(tx_id)
             continue
         new_ids.append(tx_id)
         new_txs.append(tx)
+    if full:
+        out.drop(DropReason.MEMPOOL_FULL, f"{len(full)} transactions", tx_ids=tuple(full))
     r.arm_view_timer()
     return new_ids, new_txs
 
@@ -88,17 +114,79 @@ def _forward(r: Replica, dest: int, ids: list[bytes], txs: list[bytes], out: Rea
 
 
 def relay_stale(r: Replica, out: Ready) -> None:
-    """A request waiting too long is sent to every replica, as a PBFT client retransmits to all
-    (section 4.1), so that every backup's timer covers it and a faulty primary is replaced."""
-    cutoff = r.now_ms - r.cfg.view_timeout_ms // 2
-    ids, txs = r.mempool.stale(cutoff, r.now_ms, r.cfg.max_request_txs)
+    """A request of this replica's own clients waiting too long is sent on, as a PBFT client
+    retransmits (section 4.1), so neither a faulty primary nor the crash of the node that
+    accepted it loses it. Only the replica that accepted a request relays it (receivers do not
+    relay again), and a primary relays only what it has not proposed yet.
+
+    While the primary is ordering batches (a quorum prepared or executed one lately), a
+    request that waits is queued behind others, not lost: it goes to the replicas that must
+    hold it (a backup's to the primary, a primary's to the next f primaries, who take it up
+    after a view change), and to every replica only once it has waited half the request
+    timeout, so that all time it before the request timer (censorship). Relaying every
+    queued request to all under overload cost each receiver a signature check per
+    transaction, which starved the very ordering it waited for. A silent primary: to all."""
+    quick = r.now_ms - r.cfg.view_timeout_ms // 2
+    if not (r.view_active and r.progress_ms > quick):
+        _relay_local(r, quick, quick, None, out)
+        if not r.is_primary:
+            _relay_unprepared(r, quick, out)
+        return
+    suspect = r.now_ms - r.cfg.request_timeout_ms // 2
+    _relay_local(r, suspect, quick, None, out)
+    _relay_local(r, quick, quick, _holders(r), out)
+    if not r.is_primary:
+        _relay_unprepared(r, suspect, out)
+
+
+def _holders(r: Replica) -> list[int]:
+    """Who must hold this replica's waiting requests while its primary works: the primary, or
+    for the primary itself the next f primaries (f+1 holders survive f crashes)."""
+    if not r.is_primary:
+        return [r.primary]
+    return [r.cfg.primary(r.view + k) for k in range(1, r.cfg.f + 1)]
+
+
+def _relay_local(
+    r: Replica, arrived_before_ms: int, resent_before_ms: int, dests: list[int] | None, out: Ready
+) -> None:
+    ids, txs = r.mempool.stale(
+        arrived_before_ms,
+        r.now_ms,
+        r.cfg.max_request_txs,
+        unproposed_only=r.is_primary and r.view_active,
+        resent_before_ms=resent_before_ms,
+    )
     done = r.committed_among(ids) if ids else set()
     if done:
         r.mempool.remove(done)  # committed while this replica was away: nothing to relay
         keep = [i for i, tx_id in enumerate(ids) if tx_id not in done]
         ids, txs = [ids[i] for i in keep], [txs[i] for i in keep]
-    if ids:
-        r.broadcast(Request(tuple(ids), tuple(txs), r.id), out)
+    if not ids:
+        return
+    msg = Request(tuple(ids), tuple(txs), r.id)
+    if dests is None:
+        r.broadcast(msg, out)
+    for dest in dests or ():
+        r.send_to(dest, msg, out)
+
+
+def _relay_unprepared(r: Replica, cutoff: int, out: Ready) -> None:
+    """A batch this backup accepted long ago that has not prepared may have reached it alone
+    (a primary that crashed while sending it): relay its transactions to every replica, so
+    each holds and times them and the next primary takes them up. In normal operation a batch
+    prepares within a round trip, so this sends nothing."""
+    budget = r.cfg.max_request_txs
+    for slot in r.log.slots():
+        pp = slot.pre_prepare
+        if budget <= 0 or slot.seq <= r.last_executed or pp is None or not pp.batch.txs:
+            continue
+        if pp.view != r.view or slot.prepared_proof is not None or slot.accepted_ms > cutoff:
+            continue
+        slot.accepted_ms = r.now_ms  # relayed now; again one interval later if still stuck
+        ids, txs = pp.batch.tx_ids[:budget], pp.batch.txs[:budget]
+        budget -= len(ids)
+        r.broadcast(Request(ids, txs, r.id), out)
 
 
 def reforward_pending(r: Replica, out: Ready) -> None:
@@ -112,26 +200,35 @@ def reforward_pending(r: Replica, out: Ready) -> None:
 # -- pre-prepare -----------------------------------------------------------------------------
 
 
+def pipeline_has_room(r: Replica) -> bool:
+    """The primary may propose another batch: fewer than max_inflight proposed and not yet
+    executed, and the next seq within the high watermark (section 4.2)."""
+    return r.next_seq - 1 - r.last_executed < r.cfg.max_inflight and r.next_seq <= r.high_watermark
+
+
 def batch_deadline(r: Replica) -> int | None:
-    if not (r.is_primary and r.view_active):
+    """When a lingering partial batch is due. None while the pipeline is full: the next
+    proposal then follows an execution (a step of its own), not a timer, so a saturated
+    primary does not wake every millisecond for a batch it may not propose."""
+    if not (r.is_primary and r.view_active) or not pipeline_has_room(r):
         return None
     oldest = r.mempool.oldest_unproposed_ms()
     return None if oldest is None else oldest + r.cfg.batch_timeout_ms
 
 
 def maybe_propose(r: Replica, out: Ready) -> None:
-    """The primary orders batches, by size or by time, keeping at most max_inflight in flight
-    and never beyond the high watermark (section 4.2)."""
+    """Adaptive batching (as BFT-SMaRt and CCF do): while the pipeline has room the primary
+    proposes at once whatever is waiting, so a lone request waits for no timer; while it is
+    full, requests accumulate and the next free slot takes them as one batch, so batches grow
+    with the load by themselves. ``batch_timeout_ms`` (0 by default) lets a partial batch wait
+    that long for more even when there is room: fewer, fuller blocks at light load, for
+    latency. Never beyond max_inflight or the high watermark (section 4.2)."""
     if not (r.is_primary and r.view_active):
         return
     cfg = r.cfg
-    while r.mempool.unproposed_count():
-        if r.next_seq - 1 - r.last_executed >= cfg.max_inflight:
-            return
-        if r.next_seq > r.high_watermark:
-            return
-        oldest = r.mempool.oldest_unproposed_ms()
+    while r.mempool.unproposed_count() and pipeline_has_room(r):
         full = r.mempool.unproposed_count() >= cfg.max_batch_txs
+        oldest = r.mempool.oldest_unproposed_ms()
         if not full and oldest is not None and r.now_ms < oldest + cfg.batch_timeout_ms:
             return
         _propose(r, out)
@@ -158,22 +255,24 @@ def on_pre_prepare(r: Replica, pp: PrePrepare, out: Ready) -> None:
     if pp.view != r.view or not r.view_active:
         if pp.view > r.view:
             viewchange.note_higher_view(r, pp, out)
+        elif pp.view < r.view:
+            viewchange.help_stale(r, pp.replica, out)
         return
     if pp.replica != r.primary or r.is_primary:
-        out.drop("pre-prepare not from the primary", f"replica {pp.replica}")
+        out.drop_msg(DropReason.PRE_PREPARE_NOT_FROM_PRIMARY, pp, f"replica {pp.replica}")
         return
     if pp.seq <= r.last_executed:
         return
     if not r.in_window(pp.seq):
-        out.drop("pre-prepare outside watermarks", f"seq {pp.seq}")
+        out.drop_msg(DropReason.PRE_PREPARE_OUTSIDE_WATERMARKS, pp, f"seq {pp.seq}")
         return
     slot = r.log.slot(pp.seq)
     if slot.pre_prepare is not None:
         if slot.pre_prepare.digest != pp.digest and slot.pre_prepare.view == pp.view:
-            out.drop("conflicting pre-prepare (equivocation)", f"seq {pp.seq}")
+            out.drop_msg(DropReason.EQUIVOCATION, pp, f"seq {pp.seq}")
         return
     if not r.verify(pp):
-        out.drop("bad signature", f"pre-prepare from {pp.replica}")
+        out.drop_msg(DropReason.BAD_SIGNATURE, pp, f"pre-prepare from {pp.replica}")
         return
     if not _predecessor_accepted(r, pp.seq):
         # Accept in seq order so the duplicate-transaction check sees every earlier batch.
@@ -197,13 +296,22 @@ def _predecessor_accepted(r: Replica, seq: int) -> bool:
 def _accept(r: Replica, slot: Slot, pp: PrePrepare, out: Ready) -> None:
     reason = _check_batch(r, pp)
     if reason is not None:
-        out.drop("invalid batch", f"seq {pp.seq}: {reason}")
+        out.drop(
+            DropReason.INVALID_BATCH,
+            f"seq {pp.seq}: {reason}",
+            tx_ids=pp.batch.tx_ids,
+            replica=pp.replica,
+            view=pp.view,
+            seq=pp.seq,
+        )
         return
     slot.pre_prepare = pp
+    slot.accepted_ms = r.now_ms
     r.remember_batch(pp.seq, pp.batch)
     for tx_id in pp.batch.tx_ids:
         r.inflight_ids[tx_id] = pp.seq
     r.mempool.mark_proposed(pp.batch.tx_ids)
+    r.arm_view_timer()
     out.persist.append(pp)
     send_prepare(r, slot, out)
 
@@ -246,13 +354,15 @@ def send_prepare(r: Replica, slot: Slot, out: Ready) -> None:
 def on_prepare(r: Replica, p: Prepare, out: Ready) -> None:
     if p.view > r.view:
         viewchange.note_higher_view(r, p, out)
-    if not _vote_acceptable(r, p.view, p.seq, p.replica, out, "prepare"):
+    elif p.view < r.view:
+        viewchange.help_stale(r, p.replica, out)
+    if not _vote_acceptable(r, p, out):
         return
     if p.replica == r.cfg.primary(p.view):
-        out.drop("prepare from the primary", f"seq {p.seq}")
+        out.drop_msg(DropReason.PREPARE_FROM_PRIMARY, p, f"seq {p.seq}")
         return
     if not r.verify(p):
-        out.drop("bad signature", f"prepare from {p.replica}")
+        out.drop_msg(DropReason.BAD_SIGNATURE, p, f"prepare from {p.replica}")
         return
     slot = r.log.slot(p.seq)
     slot.prepares.add((p.view, p.digest), p, p.replica)
@@ -262,26 +372,34 @@ def on_prepare(r: Replica, p: Prepare, out: Ready) -> None:
 def on_commit(r: Replica, c: Commit, out: Ready) -> None:
     if c.view > r.view:
         viewchange.note_higher_view(r, c, out)
-    if not _vote_acceptable(r, c.view, c.seq, c.replica, out, "commit"):
+    elif c.view < r.view:
+        viewchange.help_stale(r, c.replica, out)
+    if not _vote_acceptable(r, c, out):
         return
     if not r.verify(c):
-        out.drop("bad signature", f"commit from {c.replica}")
+        out.drop_msg(DropReason.BAD_SIGNATURE, c, f"commit from {c.replica}")
         return
     slot = r.log.slot(c.seq)
     slot.commits.add((c.view, c.digest), c, c.replica)
     _check_committed(r, slot, out)
 
 
-def _vote_acceptable(r: Replica, view: int, seq: int, replica: int, out: Ready, kind: str) -> bool:
-    if not r.valid_replica(replica):
-        out.drop("unknown replica", f"{kind} from {replica}")
+def _vote_acceptable(r: Replica, m: Prepare | Commit, out: Ready) -> bool:
+    kind = "prepare" if isinstance(m, Prepare) else "commit"
+    if not r.valid_replica(m.replica):
+        out.drop_msg(DropReason.UNKNOWN_REPLICA, m, f"{kind} from {m.replica}")
         return False
-    if view != r.view or not r.view_active:
+    if m.view != r.view or not r.view_active:
         return False
-    if seq <= r.last_executed:
+    if m.seq <= r.last_executed:
         return False
-    if not r.in_window(seq):
-        out.drop(f"{kind} outside watermarks", f"seq {seq}")
+    if not r.in_window(m.seq):
+        outside = (
+            DropReason.PREPARE_OUTSIDE_WATERMARKS
+            if isinstance(m, Prepare)
+            else DropReason.COMMIT_OUTSIDE_WATERMARKS
+        )
+        out.drop_msg(outside, m, f"seq {m.seq}")
         return False
     return True
 
@@ -300,6 +418,10 @@ def _check_prepared(r: Replica, slot: Slot, out: Ready) -> None:
     slot.prepared_proof = proof
     out.persist.extend(p for p in proof.prepares if p.replica != r.id)
     c = r.sign(Commit(pp.view, pp.seq, pp.digest, r.id))
+    # A quorum agreed to the primary's order for this seq: it is making progress, however
+    # slowly execution follows behind a long backlog (section 4.5.2's timer is for a primary
+    # that does nothing).
+    r.restart_view_timer()
     slot.my_commit = c
     slot.sent_ms = r.now_ms
     slot.commits.add((c.view, c.digest), c, r.id)
@@ -350,9 +472,7 @@ def execute(r: Replica, block: CertifiedBlock, out: Ready) -> None:
         r.inflight_ids.pop(tx_id, None)
     r.buffered.pop(block.seq, None)
     r.vc_attempts = 0
-    r.vc_deadline_ms = None
-    if r.view_active:
-        r.arm_view_timer()
+    r.restart_view_timer()
     if r.next_seq <= block.seq:
         r.next_seq = block.seq + 1
     if block.seq % r.cfg.checkpoint_interval == 0:

@@ -19,11 +19,9 @@ class VoteSet(Generic[V]):
     def __init__(self) -> None:
         self._by_key: dict[tuple[int, bytes], dict[int, V]] = {}
 
-    def add(self, key: tuple[int, bytes], vote: V, replica: int) -> int:
-        """Record a vote; returns how many distinct replicas now back ``key``."""
-        voters = self._by_key.setdefault(key, {})
-        voters.setdefault(replica, vote)
-        return len(voters)
+    def add(self, key: tuple[int, bytes], vote: V, replica: int) -> None:
+        """Record a vote; a replica's first vote for ``key`` is the one kept."""
+        self._by_key.setdefault(key, {}).setdefault(replica, vote)
 
     def voters(self, key: tuple[int, bytes]) -> dict[int, V]:
         return self._by_key.get(key, {})

@@ -84,6 +84,9 @@ def _restore_slots(r: Replica, persisted: Sequence[Message]) -> None:
         if isinstance(m, PrePrepare):
             if slot.pre_prepare is None or m.view > slot.pre_prepare.view:
                 slot.pre_prepare = m
+            # A later view may re-issue this batch stripped (section 4.4: O carries digests);
+            # the transactions we accepted before the crash are what lets us execute it then.
+            r.remember_batch(m.seq, m.batch)
             if m.replica == r.id:
                 r.next_seq = max(r.next_seq, m.seq + 1)
         elif isinstance(m, Prepare):
@@ -120,6 +123,7 @@ def _restore_new_view(r: Replica) -> None:
         slot = r.log.slot(pp.seq)
         if slot.pre_prepare is None or slot.pre_prepare.view < pp.view:
             slot.pre_prepare = pp
+        r.remember_batch(pp.seq, pp.batch)  # the only copy if the view's primary sent it
     if nv.replica == r.id:
         r.next_seq = max(r.next_seq, top + 1)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from consensus import checkpoints, normal
-from consensus.events import Ready
+from consensus.events import DropReason, Ready
 from consensus.messages import FetchRequest, FetchResponse
 from consensus.quorum import check_commit_certificate
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 def on_fetch_request(r: Replica, m: FetchRequest, out: Ready) -> None:
     """Served by the shell from its block store; the core only bounds the range."""
     if not r.valid_replica(m.replica) or m.replica == r.id:
-        out.drop("fetch from unknown replica", str(m.replica))
+        out.drop(DropReason.FETCH_FROM_UNKNOWN_REPLICA, str(m.replica), replica=m.replica)
         return
     if m.from_seq < 1 or m.to_seq < m.from_seq or m.from_seq > r.last_executed:
         return
@@ -39,17 +39,22 @@ def on_fetch_response(r: Replica, m: FetchResponse, out: Ready) -> None:
             block.seq, digest, block.commits, cfg.n, cfg.quorum, r.crypto
         )
         if reason is not None:
-            out.drop("fetched block rejected", f"seq {block.seq} from {m.replica}: {reason}")
+            _reject(out, m, block.seq, reason)
             return
         reason = r.app.check_txs(block.batch.tx_ids, block.batch.txs)
         if reason is not None:
             # Certificates cover ids, not signatures: a peer's corrupted copy stops here.
-            out.drop("fetched block rejected", f"seq {block.seq} from {m.replica}: {reason}")
+            _reject(out, m, block.seq, reason)
             return
         slot = r.log.get(block.seq)
         decided = slot.pre_prepare if slot is not None and slot.certificate else None
         if decided is not None and decided.digest != digest:
-            out.drop("fetched block conflicts with our certificate", f"seq {block.seq}")
+            out.drop(
+                DropReason.FETCHED_BLOCK_CONFLICTS,
+                f"seq {block.seq}",
+                replica=m.replica,
+                seq=block.seq,
+            )
             return
         normal.execute(r, block, out)
         r.last_fetch_progress_ms = r.now_ms
@@ -59,6 +64,11 @@ def on_fetch_response(r: Replica, m: FetchResponse, out: Ready) -> None:
         # That peer is ahead of us: keep pulling from it until it has nothing newer.
         start = r.last_executed + 1
         r.send_to(m.replica, FetchRequest(start, start + cfg.fetch_batch_blocks - 1, r.id), out)
+
+
+def _reject(out: Ready, m: FetchResponse, seq: int, reason: str) -> None:
+    detail = f"seq {seq} from {m.replica}: {reason}"
+    out.drop(DropReason.FETCHED_BLOCK_REJECTED, detail, replica=m.replica, seq=seq)
 
 
 def maybe_fetch(r: Replica, out: Ready) -> None:

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from consensus import checkpoints, normal
-from consensus.events import Ready
+from consensus.events import DropReason, Forget, Ready, Retention, ViewChangeCause
 from consensus.hashing import GENESIS_HASH
 from consensus.messages import (
     NULL_BATCH,
@@ -33,29 +33,73 @@ if TYPE_CHECKING:
 MAX_VIEWS_PER_REPLICA = 4
 
 
+def retention(view: int) -> Retention:
+    """Once a replica moves to ``view``, the view-changes and new-views of earlier views are
+    never needed again: recovery restores the newest of each, which are for ``view``."""
+    return Retention((Forget(frozenset({ViewChange, NewView}), below_view=view),))
+
+
+def _moved_to(out: Ready, view: int) -> None:
+    out.view_changed = view
+    out.forget(retention(view))
+
+
 def on_view_timeout(r: Replica, out: Ready) -> None:
     """The timer expired: suspect the primary, unless this replica is the one cut off (it
     cannot reach a quorum) or still catching up on blocks others have decided; then look
-    again a heartbeat later. Only liveness depends on this choice, never safety."""
-    recently = r.now_ms - 4 * r.cfg.heartbeat_ms
+    again shortly. Only liveness depends on this choice, never safety."""
+    if r.suspected_at_ms is None:
+        r.suspected_at_ms = r.now_ms
+    recheck_ms = _defer_for_ms(r, r.suspected_at_ms)
+    if recheck_ms is not None:
+        r.vc_deadline_ms = r.now_ms + recheck_ms
+        return
+    start_view_change(r, r.view + 1, out, ViewChangeCause.VIEW_TIMER)
+
+
+def on_request_timeout(r: Replica, out: Ready) -> None:
+    """A request has waited ``request_timeout_ms`` in this view: the primary executes others
+    but not this one (censorship), or nothing at all. Suspect it, with the same deferrals
+    (progress elsewhere does not clear this suspicion: only a new view does)."""
+    if r.request_suspected_at_ms is None:
+        r.request_suspected_at_ms = r.now_ms
+    recheck_ms = _defer_for_ms(r, r.request_suspected_at_ms)
+    if recheck_ms is not None:
+        r.request_check_ms = r.now_ms + recheck_ms
+        return
+    start_view_change(r, r.view + 1, out, ViewChangeCause.REQUEST_TIMER)
+
+
+def _defer_for_ms(r: Replica, suspected_at_ms: int) -> int | None:
+    """How long to wait before looking again, or None to suspect the primary now."""
+    heartbeat = r.cfg.heartbeat_ms
+    recently = r.now_ms - 4 * heartbeat
     if not r.quorum_reachable():
         r.unreachable_at_ms = r.now_ms
     # Just reconnected: first let heartbeats, state transfer and request relays catch us up.
     if r.unreachable_at_ms >= recently or r.last_fetch_progress_ms >= recently:
-        r.vc_deadline_ms = r.now_ms + r.cfg.heartbeat_ms
-        return
-    start_view_change(r, r.view + 1, out)
+        return heartbeat
+    # A timer armed at our last progress expires one view timeout after the last messages we
+    # heard, so "heard lately" cannot tell a dead primary from our own partition: a quorum
+    # must be heard from after we suspect it (every peer's heartbeat is due within
+    # ``heartbeat_ms``). Found by the minority-partition scenario at half of peak.
+    if not r.quorum_reachable(since_ms=suspected_at_ms + 1):
+        return max(1, heartbeat // 5)
+    return None
 
 
-def start_view_change(r: Replica, new_view: int, out: Ready) -> None:
+def start_view_change(r: Replica, new_view: int, out: Ready, cause: ViewChangeCause) -> None:
     """Stop accepting messages of the old view and vote for ``new_view`` (section 4.4)."""
     if new_view <= r.view:
         return
+    out.view_change_cause = cause
     r.view = new_view
     r.view_active = False
+    r.suspected_at_ms = r.request_suspected_at_ms = None
     r.view_base_seq = 0
     r.new_view_msg = None
     r.buffered.clear()
+    _take_up_unexecuted(r)
     for slot in r.log.slots():
         slot.reset_for_view(new_view)
     r.inflight_ids = {
@@ -77,9 +121,36 @@ def start_view_change(r: Replica, new_view: int, out: Ready) -> None:
     r.vc_deadline_ms = None
     r.vc_attempts += 1
     arm_timer_on_quorum(r)
-    out.view_changed = new_view
+    _moved_to(out, new_view)
     r.persist_and_broadcast(vc, out)
     _try_new_view(r, out)
+
+
+def _take_up_unexecuted(r: Replica) -> None:
+    """Keep the transactions of every batch accepted in the old view and not executed: the
+    new view re-issues only the prepared ones, so the others would be lost with a crashed
+    primary (the only other holder). Held in the mempool, they reach the new primary with
+    ``normal.reforward_pending`` (or are proposed, on the new primary), as PBFT's clients
+    re-broadcasting to all replicas would make happen (section 4.1)."""
+    pairs: list[tuple[bytes, bytes]] = []
+    for slot in r.log.slots():
+        pp = slot.pre_prepare
+        if pp is None or slot.seq <= r.last_executed or slot.certificate is not None:
+            continue
+        batch = r.full_batch(pp.batch)
+        if batch.is_stripped:
+            continue  # only its digest is known here: whoever holds its transactions keeps them
+        pairs.extend(
+            (tx_id, tx)
+            for tx_id, tx in zip(batch.tx_ids, batch.txs, strict=True)
+            if tx_id not in r.mempool
+        )
+    if not pairs:
+        return
+    done = r.committed_among([tx_id for tx_id, _ in pairs])
+    for tx_id, tx in pairs:
+        if tx_id not in done:
+            r.mempool.add(tx_id, tx, r.now_ms, force=True)
 
 
 def _proof_for_view_change(r: Replica, seq: int, proof: PreparedProof) -> PreparedProof:
@@ -101,7 +172,12 @@ def on_view_change(r: Replica, vc: ViewChange, out: Ready) -> None:
         return
     reason = check_view_change(r, vc)
     if reason is not None:
-        out.drop("invalid view-change", f"from {vc.replica}: {reason}")
+        out.drop(
+            DropReason.INVALID_VIEW_CHANGE,
+            f"from {vc.replica}: {reason}",
+            replica=vc.replica,
+            view=vc.new_view,
+        )
         return
     _remember(r, vc)
     _join_if_f_plus_one(r, out)
@@ -144,13 +220,35 @@ def note_higher_view(r: Replica, m: PrePrepare | Prepare | Commit, out: Ready) -
     r.higher_view[m.replica] = m.view
     if sum(1 for v in r.higher_view.values() if v > r.view) >= r.cfg.weak_quorum:
         r.higher_view.clear()
-        start_view_change(r, r.view + 1, out)
+        start_view_change(r, r.view + 1, out, ViewChangeCause.HIGHER_VIEW)
+
+
+def _installed_new_view(r: Replica) -> NewView | None:
+    """The new-view that started the view we are in, if we are in one a new-view started."""
+    nv = r.new_view_msg
+    return nv if r.view_active and nv is not None and nv.view == r.view else None
 
 
 def _help_laggard(r: Replica, vc: ViewChange, out: Ready) -> None:
     """A replica still voting for a view we already entered missed the new-view: resend it."""
-    if r.view_active and r.new_view_msg is not None and r.new_view_msg.view == r.view:
-        r.send_to(vc.replica, r.new_view_msg, out)
+    nv = _installed_new_view(r)
+    if nv is not None:
+        r.send_to(vc.replica, nv, out)
+
+
+def help_stale(r: Replica, replica: int, out: Ready) -> None:
+    """A replica still speaking in an earlier view missed our new-view (it was down or cut off
+    when it went out, and heartbeats carry no view): send it, at most once per retransmit
+    interval per replica. A restarted primary re-offering what it acknowledged in its old
+    view learns the view this way, since it never suspects itself (section 4.4)."""
+    nv = _installed_new_view(r)
+    if nv is None or replica == r.id or not r.valid_replica(replica):
+        return
+    last = r.helped_ms.get(replica)
+    if last is not None and r.now_ms - last < r.cfg.retransmit_ms:
+        return
+    r.helped_ms[replica] = r.now_ms
+    r.send_to(replica, nv, out)
 
 
 def _join_if_f_plus_one(r: Replica, out: Ready) -> None:
@@ -161,7 +259,7 @@ def _join_if_f_plus_one(r: Replica, out: Ready) -> None:
         if v > r.view and v < lowest_ahead.get(rid, v + 1):
             lowest_ahead[rid] = v
     if len(lowest_ahead) >= r.cfg.weak_quorum:
-        start_view_change(r, min(lowest_ahead.values()), out)
+        start_view_change(r, min(lowest_ahead.values()), out, ViewChangeCause.F_PLUS_ONE)
 
 
 def check_view_change(r: Replica, vc: ViewChange) -> str | None:
@@ -239,12 +337,17 @@ def on_new_view(r: Replica, nv: NewView, out: Ready) -> None:
         return
     reason = check_new_view(r, nv)
     if reason is not None:
-        out.drop("invalid new-view", f"view {nv.view} from {nv.replica}: {reason}")
+        out.drop(
+            DropReason.INVALID_NEW_VIEW,
+            f"view {nv.view} from {nv.replica}: {reason}",
+            replica=nv.replica,
+            view=nv.view,
+        )
         return
     if nv.view > r.view:
         r.view = nv.view
     out.persist.append(nv)
-    out.view_changed = nv.view
+    _moved_to(out, nv.view)
     enter_new_view(r, nv, out)
 
 
@@ -279,9 +382,10 @@ def check_new_view(r: Replica, nv: NewView) -> str | None:
 def enter_new_view(r: Replica, nv: NewView, out: Ready) -> None:
     """Install the new view: adopt its stable checkpoint, accept its pre-prepares, prepare them."""
     r.view_active = True
+    r.view_started_ms = r.now_ms
     r.new_view_msg = nv
-    r.vc_deadline_ms = None
-    r.arm_view_timer()
+    r.request_suspected_at_ms = None  # suspicions were of an earlier view's primary
+    r.restart_view_timer()
     r.view_changes = {k: v for k, v in r.view_changes.items() if k[0] > r.view}
     base = max(nv.view_changes, key=lambda vc: vc.stable_seq)
     r.view_base_seq = base.stable_seq

@@ -62,7 +62,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -71,10 +70,20 @@ from typing import TYPE_CHECKING, Any, Final
 from aiohttp import web
 
 from node import codec
-from node.admin import admin_routes
-from node.audit import BlockUnavailable, audit_routes
+from node.access import read_access
 from node.codec import CodecError
-from node.faults import alter_block_json
+from node.faults.wiring import install_api_faults
+from node.http import (
+    INT64_MAX,
+    BadRequest,
+    harden_app,
+    json_error,
+    parse_hex,
+    parse_json,
+    parse_uint,
+    query_uint,
+    read_body_limited,
+)
 from node.ledger import (
     HASH_SIZE,
     KEY_SIZE,
@@ -89,8 +98,9 @@ from node.ledger import (
     header_to_json,
     payload_hash,
 )
+from node.ops import install_ops
 from node.store import StoreError
-from node.transport import BodyTooLarge, json_error, read_body_limited
+from node.verified import BlockUnavailable
 
 if TYPE_CHECKING:
     from node.runtime import Node
@@ -143,14 +153,8 @@ class Overloaded(Exception):
     """The node cannot take more work right now (inbox or mempool full): answer 503."""
 
 
-class ApiError(Exception):
-    """An error answer with an HTTP status; rendered by the middleware as JSON."""
-
-    def __init__(self, status: int, error: str, detail: object = None) -> None:
-        super().__init__(error)
-        self.status = status
-        self.error = error
-        self.detail = detail
+ApiError = BadRequest
+"""An error answer with an HTTP status; rendered by the middleware as JSON (``node.http``)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,11 +198,8 @@ class Rejection:
         return {"index": self.index, "error": self.error}
 
 
-def _decode_json_body(body: bytes) -> list[object]:
-    try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ApiError(400, "malformed JSON", str(e)) from None
+def _decode_json_body(body: bytes, max_depth: int) -> list[object]:
+    doc = parse_json(body, max_bytes=len(body), max_depth=max_depth)
     if isinstance(doc, dict) and "txs" in doc:
         if len(doc) != 1:
             raise ApiError(400, "malformed request", 'a batch object has only the key "txs"')
@@ -225,20 +226,13 @@ def _decode_msgpack_body(body: bytes) -> list[object]:
 
 
 def _hex_field(obj: dict[str, Any], name: str, size: int) -> bytes:
-    value = obj[name]
-    if not isinstance(value, str):
-        raise ValueError(f"{name} must be a hex string")
-    try:
-        raw = bytes.fromhex(value)
-    except ValueError:
-        raise ValueError(f"{name} is not valid hex") from None
-    if len(raw) != size:
-        raise ValueError(f"{name} must be {size} bytes ({2 * size} hex characters)")
-    return raw
+    return parse_hex(obj[name], size, name)
 
 
-def _json_tx(obj: object) -> tuple[bytes, bytes | None]:
-    """(encoded tx, claimed tx id) from one JSON object; ValueError naming the bad field."""
+def _json_tx(obj: object) -> tuple[TxEnvelope, bytes, bytes | None]:
+    """(envelope, its encoding, claimed tx id) from one JSON object; ValueError naming the bad
+    field. The envelope is handed to admission as it is: it is not decoded back from the
+    bytes."""
     if not isinstance(obj, dict):
         raise ValueError("transaction must be a JSON object")
     unknown = sorted(set(obj) - _TX_FIELDS)
@@ -277,34 +271,26 @@ def _json_tx(obj: object) -> tuple[bytes, bytes | None]:
         client_key=_hex_field(obj, "client_key", KEY_SIZE),
         signature=_hex_field(obj, "signature", SIGNATURE_SIZE),
     )
+    env = TxEnvelope(tx=tx, payload=payload)
     try:
-        raw = encode_tx(TxEnvelope(tx=tx, payload=payload))
+        raw = encode_tx(env)
     except CodecError as e:
         raise ValueError(e.reason) from None
-    return raw, claimed
+    return env, raw, claimed
 
 
 def _parse_tx_id(text: str) -> bytes:
-    if len(text) != _TX_ID_HEX_LEN:
-        raise ApiError(400, "bad transaction id", f"expected {_TX_ID_HEX_LEN} hex characters")
     try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise ApiError(400, "bad transaction id", "not valid hex") from None
+        return parse_hex(text, _TX_ID_HEX_LEN // 2, "transaction id")
+    except ValueError as e:
+        raise ApiError(400, "bad transaction id", str(e)) from None
 
 
-def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int | None) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
+def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     try:
-        value = int(raw, 10)
-    except ValueError:
-        raise ApiError(400, "bad query parameter", f"{name} must be an integer") from None
-    if value < lo or (hi is not None and value > hi):
-        bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise ApiError(400, "bad query parameter", f"{name} must be in {bound}, got {value}")
-    return value
+        return query_uint(request, name, default, lo=lo, hi=hi)
+    except BadRequest as e:
+        raise ApiError(400, "bad query parameter", e.detail) from None
 
 
 def _bool_param(request: web.Request, name: str) -> bool:
@@ -339,10 +325,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     """Every error leaves as JSON; no exception from a handler reaches (or stops) the server."""
     try:
         return await handler(request)
-    except ApiError as e:
-        return json_error(e.status, e.error, e.detail)
-    except BodyTooLarge as e:
-        return json_error(413, "body too large", str(e))
+    except BadRequest as e:
+        return e.response()
     except Overloaded as e:
         resp = json_error(503, "overloaded", str(e))
         resp.headers["Retry-After"] = RETRY_AFTER_S
@@ -375,8 +359,13 @@ class Api:
         ctype = request.content_type
         if ctype not in (JSON, MSGPACK):
             raise ApiError(415, "unsupported content type", f"use {JSON} or {MSGPACK}")
-        body = await read_body_limited(request, self.limits.max_body_bytes)
-        items = _decode_json_body(body) if ctype == JSON else _decode_msgpack_body(body)
+        body = await read_body_limited(
+            request, self.limits.max_body_bytes, timeout_s=self.limits.body_timeout_ms / 1000.0
+        )
+        if ctype == JSON:
+            items = _decode_json_body(body, self.limits.json_max_depth)
+        else:
+            items = _decode_msgpack_body(body)
         if not items:
             raise ApiError(400, "malformed request", "no transactions in request")
         if len(items) > self.limits.max_batch_request_txs:
@@ -385,6 +374,9 @@ class Api:
                 "too many transactions",
                 f"{len(items)} in one request, limit {self.limits.max_batch_request_txs}",
             )
+        # Admission control first: a node past its backlog bound answers 503 before it spends
+        # a signature check on transactions it would refuse anyway.
+        self.node.check_admission(len(items))
         indexes, ids, raws, rejected = await self._admit(items, from_json=ctype == JSON)
         accepted: list[bytes] = []
         refused: dict[bytes, str] = {}
@@ -429,9 +421,10 @@ class Api:
             if i and i % ADMIT_CHUNK == 0:
                 await asyncio.sleep(0)
             claimed: bytes | None = None
+            built: TxEnvelope | None = None
             try:
                 if from_json:
-                    raw, claimed = _json_tx(item)
+                    built, raw, claimed = _json_tx(item)
                 elif type(item) is bytes:
                     raw = item
                 else:
@@ -440,7 +433,7 @@ class Api:
                 rejected.append(Rejection(i, str(e), malformed=True))
                 continue
             try:
-                env = ledger_app.admit(raw)
+                env = ledger_app.admit(raw, built)
             except LedgerError as e:
                 rejected.append(Rejection(i, e.reason, malformed=_is_structural(e.reason)))
                 continue
@@ -459,7 +452,7 @@ class Api:
 
     async def get_tx(self, request: web.Request) -> web.Response:
         tx_id = _parse_tx_id(request.match_info["tx_id"])
-        wait_ms = _int_param(request, "wait_ms", 0, 0, None)
+        wait_ms = _int_param(request, "wait_ms", 0, 0, INT64_MAX)
         wait_ms = min(wait_ms, self.limits.tx_wait_max_ms)
         status = self.node.tx_status(tx_id)
         if wait_ms and (status is None or status["status"] != "committed"):
@@ -478,15 +471,11 @@ class Api:
             {"ok": ok, "node": self.node.config.node_id}, status=200 if ok else 503
         )
 
-    def _served(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """A block as served: altered while the fault layer plays a byzantine block server."""
-        return alter_block_json(doc) if self.node.faults.serves_altered_blocks else doc
-
     async def get_block(self, request: web.Request) -> web.Response:
-        raw = request.match_info["height"]
-        if not raw.isdigit() or len(raw) > 19:
-            raise ApiError(400, "bad height", "height must be a positive integer")
-        height = int(raw)
+        try:
+            height = parse_uint(request.match_info["height"], "height", hi=codec.MAX_UINT)
+        except BadRequest as e:
+            raise ApiError(400, "bad height", e.detail) from None
         form = _txs_param(request)
         if form != TXS_FULL:
             try:
@@ -495,7 +484,7 @@ class Api:
                 return e.response()
             if not headers:
                 raise ApiError(404, "no such block", height)
-            return web.json_response(self._served(header_to_json(headers[0])))
+            return web.json_response(header_to_json(headers[0]))
         try:
             block = self.node.get_block(height) if height >= 1 else None
         except BlockUnavailable as e:
@@ -505,7 +494,7 @@ class Api:
         if block is None:
             raise ApiError(404, "no such block", height)
         doc = block_to_json(block, _bool_param(request, "payload"))
-        return web.json_response(self._served(doc))
+        return web.json_response(doc)
 
     async def get_blocks(self, request: web.Request) -> web.Response:
         form = _txs_param(request)
@@ -522,14 +511,14 @@ class Api:
             except StoreError as e:
                 raise ApiError(500, "store error", str(e)) from None
             heights = [b.height for b in blocks]
-            docs = [self._served(block_to_json(b, payload)) for b in blocks]
+            docs = [block_to_json(b, payload) for b in blocks]
         else:
             try:
                 headers = self._headers(start, limit, form)
             except BlockUnavailable as e:
                 return e.response()
             heights = [hd.height for hd in headers]
-            docs = [self._served(header_to_json(hd)) for hd in headers]
+            docs = [header_to_json(hd) for hd in headers]
         height = self.node.height
         last = heights[-1] if heights else start - 1
         return web.json_response(
@@ -537,13 +526,13 @@ class Api:
         )
 
     def _headers(self, start: int, limit: int, form: str) -> list[BlockHeader]:
-        """Headers (tx ids too for TXS_IDS) of verified blocks, through the auditor that
+        """Headers (tx ids too for TXS_IDS) of verified blocks, through the reader that
         verifies what is served; BlockUnavailable as for whole blocks."""
-        auditor = self.node.auditor
-        if auditor is None:
+        reader = self.node.reader
+        if reader is None:
             raise ApiError(503, "not ready", "the node has not opened its store yet")
         try:
-            return auditor.read_headers(start, limit, with_tx_ids=form == TXS_IDS)
+            return reader.read_headers(start, limit, with_tx_ids=form == TXS_IDS)
         except StoreError as e:
             raise ApiError(500, "store error", str(e)) from None
 
@@ -558,9 +547,10 @@ def create_app(node: Node) -> web.Application:
     limits = node.config.limits
     # Bodies are read with explicit limits per endpoint; this is only aiohttp's own backstop.
     app = web.Application(
-        middlewares=[json_errors],
+        middlewares=[json_errors, read_access(node)],
         client_max_size=max(limits.max_body_bytes, limits.peer_max_body_bytes),
     )
+    harden_app(app)
     api = Api(node)
     app.router.add_post("/tx", api.post_tx)
     app.router.add_get("/tx/{tx_id}", api.get_tx)
@@ -569,6 +559,9 @@ def create_app(node: Node) -> web.Application:
     app.router.add_get("/blocks", api.get_blocks)
     app.router.add_get("/blocks/{height}", api.get_block)
     node.transport.add_routes(app)
-    app.add_routes(admin_routes(node.faults, node.config.operator_public_key))
-    app.add_routes(audit_routes(lambda: node.auditor))
+    # Used admin nonces persist beside the data directory (a wipe must not re-open a replay).
+    data_dir = node.config.data_dir
+    nonce_file = data_dir.parent / f"{data_dir.name}.admin-nonces"
+    install_api_faults(app, node.faults, node.config.operator_public_key, nonce_file)
+    install_ops(app, node)
     return app

@@ -48,6 +48,9 @@ MAX_STR_BYTES: Final = 4096
 """Longest msgpack str accepted by :func:`unpack` (consensus frames carry none at all)."""
 MAX_UINT: Final = (1 << 63) - 1
 """Views, seqs and timestamps fit a signed 64-bit integer (SQLite INTEGER, 8-byte chain link)."""
+MAX_DEPTH: Final = 16
+"""Deepest array nesting accepted (a new-view's batch tx ids are 8 deep); checked by a scan of
+the bytes before msgpack builds anything."""
 DIGEST_SIZE: Final = 32
 SIGNATURE_SIZE: Final = 64
 
@@ -73,11 +76,89 @@ def pack(obj: object) -> bytes:
     return data
 
 
+def array_header(length: int) -> bytes:
+    """The msgpack header of an array of ``length`` elements (what :func:`pack` writes before
+    them), so an array can be assembled from elements already encoded."""
+    if length < 16:
+        return bytes((0x90 | length,))
+    if length < 1 << 16:
+        return b"\xdc" + length.to_bytes(2, "big")
+    if length < 1 << 32:
+        return b"\xdd" + length.to_bytes(4, "big")
+    raise CodecError(f"cannot encode: an array of {length} elements")
+
+
+def _scalar_sizes() -> tuple[int, ...]:
+    """Total size of each scalar msgpack value by its first byte; -1: a container, a
+    length-prefixed str/bin (see :func:`check_nesting`), or a type we refuse (maps, ext)."""
+    sizes = [-1] * 256
+    for b in (*range(0x00, 0x80), *range(0xE0, 0x100), 0xC0, 0xC2, 0xC3):
+        sizes[b] = 1  # fixints, nil, false, true
+    for b in range(0xA0, 0xC0):
+        sizes[b] = 1 + (b & 0x1F)  # fixstr
+    for b, extra in ((0xCA, 4), (0xCB, 8), (0xCC, 1), (0xCD, 2), (0xCE, 4), (0xCF, 8)):
+        sizes[b] = 1 + extra
+    for b, extra in ((0xD0, 1), (0xD1, 2), (0xD2, 4), (0xD3, 8)):
+        sizes[b] = 1 + extra
+    return tuple(sizes)
+
+
+_SCALAR: Final = _scalar_sizes()
+_LENGTH_PREFIXED: Final = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4}
+_ARRAY_PREFIXED: Final = {0xDC: 2, 0xDD: 4}
+
+
+def check_nesting(data: bytes, max_depth: int = MAX_DEPTH, what: str = "frame") -> None:
+    """Refuse (CodecError) msgpack whose arrays nest deeper than ``max_depth``, or that holds a
+    map, an ext type or a reserved byte, by walking the bytes: nothing is allocated, str and
+    bin payloads are skipped by their length, and each step consumes at least one byte, so the
+    walk is linear in the input. Truncation and trailing bytes are left to :func:`unpack`."""
+    n = len(data)
+    i = 0
+    remaining = 1
+    stack: list[int] = []
+    scalar = _SCALAR
+    while remaining or stack:
+        if not remaining:
+            remaining = stack.pop()
+            continue
+        if i >= n:
+            return  # truncated: msgpack reports it
+        b = data[i]
+        remaining -= 1
+        size = scalar[b]
+        if size > 0:
+            i += size
+            continue
+        if 0x90 <= b <= 0x9F or b in _ARRAY_PREFIXED:
+            width = _ARRAY_PREFIXED.get(b, 0)
+            count = (b & 0x0F) if not width else int.from_bytes(data[i + 1 : i + 1 + width])
+            i += 1 + width
+            stack.append(remaining)
+            if len(stack) > max_depth:
+                raise CodecError(f"{what}: not valid msgpack, nested too deep (over {max_depth})")
+            remaining = count
+            continue
+        prefix = _LENGTH_PREFIXED.get(b)
+        if prefix is None:
+            raise CodecError(f"{what}: {_refused_type(b)}")
+        i += 1 + prefix + int.from_bytes(data[i + 1 : i + 1 + prefix])
+
+
+def _refused_type(b: int) -> str:
+    if 0x80 <= b <= 0x8F or b in (0xDE, 0xDF):
+        return "not valid msgpack here (a map; only arrays are allowed)"
+    if b == 0xC1:
+        return "not valid msgpack (reserved byte 0xc1)"
+    return f"not valid msgpack here (ext type 0x{b:02x})"
+
+
 def unpack(data: object, *, max_bytes: int = MAX_FRAME_BYTES, what: str = "frame") -> object:
     """Strictly unpack one msgpack value: arrays become tuples, maps and ext types are refused.
 
-    Every length is bounded by msgpack itself before anything is allocated, and nesting deeper
-    than msgpack's stack is refused; callers still check each value's type and shape.
+    Nesting deeper than MAX_DEPTH is refused by a scan before msgpack runs (:func:`check_nesting`),
+    every length is bounded by msgpack itself before anything is allocated; callers still check
+    each value's type and shape.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise CodecError(f"{what}: expected bytes, got {type(data).__name__}")
@@ -86,6 +167,7 @@ def unpack(data: object, *, max_bytes: int = MAX_FRAME_BYTES, what: str = "frame
         raise CodecError(f"{what}: empty")
     if size > max_bytes:
         raise CodecError(f"{what}: {size} bytes exceeds the limit of {max_bytes}")
+    check_nesting(bytes(data) if not isinstance(data, bytes) else data, MAX_DEPTH, what)
     try:
         return msgpack.unpackb(
             data,

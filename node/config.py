@@ -2,12 +2,16 @@
 
 Layout (see ``configs/defaults.toml`` for every optional key, its default and its meaning)::
 
-    [node]         id, host, port, data_dir, key_file, log_level
+    [node]         id, host, port, data_dir, key_file, log_level, vote_log_sync
     [consensus]    overrides of any ``consensus.config.ReplicaConfig`` field except n, replica_id
     [limits]       overrides of any ``NodeLimits`` field (node-level bounds)
     [[replicas]]   id, url, public_key (hex); the list index is the replica id, n = len(replicas)
     [[clients]]    hospital, public_key (hex): hospital keys allowed to submit transactions
     [operator]     public_key (hex), optional
+    [audit]        enabled (bool, default true): cross-audit of peers (``node.audit``)
+    [cluster]      id: the cluster id every consensus signature binds (written by init)
+    [tls]          enabled, ca_file, cert_file, key_file: TLS for the client API and peer links
+    [access]       open (bool, default false): anonymous reads of /tx, /blocks, /audit, /status
 
 Every default lives in a dataclass field default (``ReplicaConfig`` for the protocol,
 ``NodeLimits`` for the node); nothing here repeats them. Unknown sections and keys are errors, so
@@ -24,18 +28,21 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from consensus.config import ReplicaConfig
-from node.faults import FaultError, FaultsConfig, parse_faults_table
+from node.crypto import MAX_CLUSTER_ID_BYTES, ReplicaKeys
+from node.faults.model import FaultError, FaultsConfig, parse_faults_table
 
 PUBLIC_KEY_BYTES = 32
 LOG_LEVELS = ("debug", "info", "warning", "error")
+VOTE_LOG_SYNC = ("full", "normal")
 _MAX_PORT = 65_535
 _MAX_HOSPITAL_LEN = 128
 # Fields of ReplicaConfig that the file may not set: they follow from [node].id and [[replicas]].
 _DERIVED_CONSENSUS_FIELDS = frozenset({"n", "replica_id"})
+_CLUSTER_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
 class ConfigError(ValueError):
@@ -63,6 +70,16 @@ class NodeLimits:
     """Most transactions accepted in one POST /tx."""
     client_inbox_max: int = 1024
     """Admitted client batches waiting for the consensus task; when full, POST /tx gets 503."""
+    client_inbox_max_bytes: int = 32 * 1024 * 1024
+    """Encoded transaction bytes in those batches; beyond it POST /tx gets 503."""
+    pending_max_txs: int = 50_000
+    """Transactions this node acknowledged (202) and has not seen commit, kept on disk until
+    they do; at the bound POST /tx gets 503 instead of acknowledging more."""
+    pending_max_bytes: int = 64 * 1024 * 1024
+    """Encoded bytes of those transactions; beyond it POST /tx gets 503."""
+    pending_reoffer_ms: int = 2000
+    """How often (and after every view change) the acknowledged transactions the replica no
+    longer holds are handed to it again, so they reach the current primary."""
     peer_inbox_max: int = 20_000
     """Peer messages waiting for the consensus task; when full, new ones are dropped (counted)."""
     peer_inbox_max_bytes: int = 256 * 1024 * 1024
@@ -85,6 +102,12 @@ class NodeLimits:
     """Upper bound of the reconnect delay."""
     fetch_response_max_bytes: int = 8 * 1024 * 1024
     """Most encoded block bytes served in one FetchResponse (at least one block is served)."""
+    fetch_serve_per_s: int = 50
+    """FetchRequests served per second to one peer (also the burst); more are not served."""
+    fetch_serve_bytes_per_s: int = 32 * 1024 * 1024
+    """Block bytes served per second to one peer's fetches (``node.fetchserve``)."""
+    fetch_serve_burst_bytes: int = 16 * 1024 * 1024
+    """Block bytes one peer's fetches may take at once after a quiet spell."""
     tx_wait_max_ms: int = 30_000
     """Upper bound of GET /tx/{id}?wait_ms=N."""
     max_waiters: int = 10_000
@@ -99,6 +122,24 @@ class NodeLimits:
     """Longest gap between two Ticks even if the replica asks for none (harmless safety net)."""
     shutdown_grace_ms: int = 5000
     """Time allowed for in-flight HTTP requests and peer sends on shutdown."""
+    events_max: int = 20_000
+    """Protocol events kept by the flight recorder (GET /events); the oldest go first."""
+    events_max_bytes: int = 4 * 1024 * 1024
+    """Estimated memory of those events; beyond it the oldest go first."""
+    ready_max_lag_seqs: int = 64
+    """GET /readyz answers 503 while this node is more seqs behind its peers than this."""
+    header_timeout_ms: int = 30_000
+    """A connection that has not sent complete request headers this long after it opened (or
+    after its last response) is closed: idle keep-alives and slowloris clients alike."""
+    body_timeout_ms: int = 30_000
+    """A request body (POST /tx, /peer/msgs, admin) must arrive within this, else 408."""
+    max_connections: int = 512
+    """Open HTTP connections accepted at once; beyond it new ones are closed on accept."""
+    json_max_depth: int = 16
+    """Deepest JSON nesting accepted in a request body (checked before parsing)."""
+    store_watch_ms: int = 1000
+    """How often the node checks that its database file is still the one it opened (not
+    deleted, truncated or replaced); on a mismatch it stops."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -113,6 +154,10 @@ class NodeLimits:
             raise ConfigError("limits.peer_batch_max_bytes", "must be <= peer_max_body_bytes")
         if self.fetch_response_max_bytes > self.peer_max_body_bytes:
             raise ConfigError("limits.fetch_response_max_bytes", "must be <= peer_max_body_bytes")
+        if self.fetch_serve_burst_bytes < self.fetch_response_max_bytes:
+            raise ConfigError(
+                "limits.fetch_serve_burst_bytes", "must be >= fetch_response_max_bytes"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +178,27 @@ class ClientEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS for the node's HTTP server (client API and peer endpoint) and its peer links.
+
+    ``cert_file`` holds this node's certificate: its key is the node's Ed25519 replica key, so
+    the certificate is bound to the consortium's keys and not to the CA alone; ``key_file`` the
+    same key as PKCS#8 PEM (mode 0600); ``ca_file`` the cluster CA that signed every node and
+    client certificate."""
+
+    enabled: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.enabled:
+            for name in ("ca_file", "cert_file", "key_file"):
+                if getattr(self, name) is None:
+                    raise ConfigError(f"tls.{name}", "required when tls.enabled = true")
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     node_id: int
     host: str
@@ -146,13 +212,29 @@ class NodeConfig:
     limits: NodeLimits = field(default_factory=NodeLimits)
     log_level: str = "info"
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    audit_enabled: bool = True
+    """Cross-audit of peers and its routes; the node's own read path runs either way."""
+    vote_log_sync: str = "full"
+    """SQLite ``synchronous`` for the consensus-message log: ``full`` (fsync before what was
+    signed is sent: survives power loss) or ``normal`` (survives a process crash only)."""
+    cluster_id: str = ""
+    """Bound into every consensus signature (``node.crypto.cluster_domain``); "" for none."""
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    access_open: bool = False
+    """``[access] open``: anyone may read /tx, /blocks, /audit and /status details. Off, only a
+    registered client or replica key (a TLS certificate or a signed read token) may."""
 
     def __post_init__(self) -> None:
         _check_port("node.port", self.port)
+        _check_cluster_id(self.cluster_id)
+        if self.tls.enabled and any(not r.url.startswith("https://") for r in self.replicas):
+            raise ConfigError("replicas", "every url must be https:// when tls.enabled = true")
         if not self.host:
             raise ConfigError("node.host", "must not be empty")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError("node.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+        if self.vote_log_sync not in VOTE_LOG_SYNC:
+            raise ConfigError("node.vote_log_sync", f"must be one of {', '.join(VOTE_LOG_SYNC)}")
         if not self.replicas:
             raise ConfigError("replicas", "at least 4 replicas are needed (n = 3f+1, f >= 1)")
         seen_keys: dict[bytes, int] = {}
@@ -192,9 +274,10 @@ class NodeConfig:
         return len(self.replicas)
 
     @property
-    def replica_publics(self) -> list[bytes]:
-        """Public keys indexed by replica id (what ``NodeCrypto`` takes)."""
-        return [r.public_key for r in self.replicas]
+    def replica_publics(self) -> ReplicaKeys:
+        """Public keys indexed by replica id, with the cluster id (what ``NodeCrypto`` and every
+        verifier of certificates take)."""
+        return ReplicaKeys([r.public_key for r in self.replicas], self.cluster_id.encode())
 
     @property
     def peers(self) -> dict[int, str]:
@@ -223,6 +306,9 @@ def make_node_config(
     consensus: Mapping[str, int] | None = None,
     limits: NodeLimits | None = None,
     log_level: str = "info",
+    cluster_id: str = "",
+    tls: TlsConfig | None = None,
+    access_open: bool = False,
 ) -> NodeConfig:
     """Build a validated NodeConfig; ``consensus`` holds ReplicaConfig overrides only."""
     return NodeConfig(
@@ -237,6 +323,9 @@ def make_node_config(
         consensus=_replica_config(dict(consensus or {}), len(replicas), node_id),
         limits=limits or NodeLimits(),
         log_level=log_level,
+        cluster_id=cluster_id,
+        tls=tls or TlsConfig(),
+        access_open=access_open,
     )
 
 
@@ -267,10 +356,26 @@ def load_config(path: str | os.PathLike[str]) -> NodeConfig:
 def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> NodeConfig:
     """Validate an already-parsed TOML document (relative paths resolve against base_dir)."""
     _only_keys(
-        "", data, {"node", "consensus", "limits", "replicas", "clients", "operator", "faults"}
+        "",
+        data,
+        {
+            "node",
+            "consensus",
+            "limits",
+            "replicas",
+            "clients",
+            "operator",
+            "faults",
+            "audit",
+            "cluster",
+            "tls",
+            "access",
+        },
     )
     node = _table(data, "node", required=True)
-    _only_keys("node", node, {"id", "host", "port", "data_dir", "key_file", "log_level"})
+    _only_keys(
+        "node", node, {"id", "host", "port", "data_dir", "key_file", "log_level", "vote_log_sync"}
+    )
     node_id = _int(node, "node", "id", required=True)
     replicas = _replicas(data)
     return NodeConfig(
@@ -283,9 +388,14 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> NodeConfig:
         clients=_clients(data),
         operator_public_key=_operator(data),
         faults=_faults(data),
+        audit_enabled=_audit_enabled(data),
         consensus=_consensus(data, len(replicas), node_id),
         limits=_limits(data),
         log_level=_str(node, "node", "log_level", default="info"),
+        vote_log_sync=_str(node, "node", "vote_log_sync", default="full"),
+        cluster_id=_cluster_id(data),
+        tls=_tls(data, base_dir),
+        access_open=_bool_key(data, "access", "open", default=False),
     )
 
 
@@ -333,6 +443,46 @@ def _faults(data: Mapping[str, Any]) -> FaultsConfig:
         raise ConfigError(e.field, e.problem) from None
 
 
+def _audit_enabled(data: Mapping[str, Any]) -> bool:
+    return _bool_key(data, "audit", "enabled", default=True)
+
+
+def _bool_key(data: Mapping[str, Any], section: str, key: str, *, default: bool) -> bool:
+    """The one boolean of a one-key table ([audit] enabled, [access] open)."""
+    table = _table(data, section, required=False)
+    _only_keys(section, table, {key})
+    value = table.get(key, default)
+    if type(value) is not bool:
+        raise ConfigError(f"{section}.{key}", f"must be true or false, got {value!r}")
+    return value
+
+
+def _cluster_id(data: Mapping[str, Any]) -> str:
+    table = _table(data, "cluster", required=False)
+    _only_keys("cluster", table, {"id"})
+    return _str(table, "cluster", "id", default="")
+
+
+def _tls(data: Mapping[str, Any], base_dir: Path) -> TlsConfig:
+    table = _table(data, "tls", required=False)
+    _only_keys("tls", table, {"enabled", "ca_file", "cert_file", "key_file"})
+    enabled = table.get("enabled", False)
+    if type(enabled) is not bool:
+        raise ConfigError("tls.enabled", f"must be true or false, got {enabled!r}")
+    paths = {
+        name: _path(table, "tls", name, base_dir) if name in table else None
+        for name in ("ca_file", "cert_file", "key_file")
+    }
+    return TlsConfig(enabled=enabled, **paths)
+
+
+def _check_cluster_id(cluster_id: object) -> None:
+    if not isinstance(cluster_id, str):
+        raise ConfigError("cluster.id", "must be a string")
+    if len(cluster_id) > MAX_CLUSTER_ID_BYTES or not set(cluster_id) <= _CLUSTER_ID_CHARS:
+        raise ConfigError("cluster.id", f"must be at most {MAX_CLUSTER_ID_BYTES} of [A-Za-z0-9._-]")
+
+
 def _consensus(data: Mapping[str, Any], n: int, node_id: int) -> ReplicaConfig:
     table = _table(data, "consensus", required=False)
     allowed = _consensus_fields()
@@ -351,13 +501,19 @@ def _consensus_fields() -> set[str]:
     return {f.name for f in dataclasses.fields(ReplicaConfig)} - _DERIVED_CONSENSUS_FIELDS
 
 
+_ZERO_ALLOWED_CONSENSUS_FIELDS: Final = frozenset({"batch_timeout_ms"})
+"""Consensus keys for which 0 means something (no linger: adaptive batching)."""
+
+
 def _replica_config(overrides: dict[str, int], n: int, node_id: int) -> ReplicaConfig:
     unknown = set(overrides) - _consensus_fields()
     if unknown:
         raise ConfigError(f"consensus.{sorted(unknown)[0]}", "unknown key")
     for k, v in overrides.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"consensus.{k}", f"must be a positive integer, got {v!r}")
+        least = 0 if k in _ZERO_ALLOWED_CONSENSUS_FIELDS else 1
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            what = "a non-negative" if least == 0 else "a positive"
+            raise ConfigError(f"consensus.{k}", f"must be {what} integer, got {v!r}")
     if n < 4:
         raise ConfigError("replicas", f"at least 4 replicas are needed (n = 3f+1), got {n}")
     if not 0 <= node_id < n:
@@ -483,6 +639,21 @@ def render_config(config: NodeConfig) -> str:
     ]
     if config.log_level != "info":
         lines.append(f"log_level = {_toml_str(config.log_level)}")
+    if config.vote_log_sync != "full":
+        lines.append(f"vote_log_sync = {_toml_str(config.vote_log_sync)}")
+    if config.cluster_id:
+        lines += ["", "[cluster]", f"id = {_toml_str(config.cluster_id)}"]
+    if config.tls.enabled:
+        lines += ["", "[tls]", "enabled = true"]
+        for name in ("ca_file", "cert_file", "key_file"):
+            lines.append(f"{name} = {_toml_str(str(getattr(config.tls, name)))}")
+    if config.access_open:
+        lines += [
+            "",
+            "# Anyone who can reach this node may read every record's metadata: a dev cluster.",
+            "[access]",
+            "open = true",
+        ]
     lines += _overrides_table(
         "consensus", config.consensus, ReplicaConfig(n=config.n, replica_id=0)
     )
@@ -508,6 +679,8 @@ def render_config(config: NodeConfig) -> str:
         lines += ["", "[faults]", "enabled = true"]
         if config.faults.seed is not None:
             lines.append(f"seed = {config.faults.seed}")
+    if not config.audit_enabled:
+        lines += ["", "[audit]", "enabled = false"]
     return "\n".join(lines) + "\n"
 
 
@@ -562,6 +735,7 @@ __all__ = [
     "NodeConfig",
     "NodeLimits",
     "ReplicaEntry",
+    "TlsConfig",
     "load_config",
     "make_node_config",
     "parse_config",

@@ -3,7 +3,11 @@
 The consensus core signs and verifies through the small ``consensus.events.Crypto`` protocol;
 :class:`NodeCrypto` is the shell's implementation of it. Everything signed in medchain is
 already domain separated by its caller (``signing_bytes()`` / ``header_bytes()`` start with a
-``medchain/...`` tag), so this module signs the bytes it is given, nothing more.
+``medchain/...`` tag). Consensus signatures are also bound to the cluster: :class:`NodeCrypto`
+signs and verifies ``cluster_domain(cluster_id) + signing_bytes``, so a vote or a commit
+certificate of one consortium never verifies in another one that shares a replica key (a
+hospital in two consortia, a test cluster beside a production one). :class:`ReplicaKeys` carries
+the cluster id beside the replica keys to every offline verifier of certificates.
 
 We call libsodium through ``nacl.bindings`` rather than ``SigningKey``/``VerifyKey``: the hot path
 (verifying every consensus message and every transaction) then does one C call with no wrapper
@@ -101,18 +105,67 @@ class Signer:
         return f"Signer(public={self.public.hex()})"
 
 
+MAX_CLUSTER_ID_BYTES = 64
+
+
+def cluster_domain(cluster_id: bytes) -> bytes:
+    """The prefix that binds a consensus signature to one cluster. Empty for the empty id (a
+    cluster made before cluster ids existed, and unit tests), so those signatures are unchanged;
+    otherwise a tag, the id's length and the id, so no id is a prefix of another's domain."""
+    if type(cluster_id) is not bytes or len(cluster_id) > MAX_CLUSTER_ID_BYTES:
+        raise ValueError(f"cluster id must be at most {MAX_CLUSTER_ID_BYTES} bytes")
+    if not cluster_id:
+        return b""
+    return b"medchain/cluster\x00" + bytes([len(cluster_id)]) + cluster_id
+
+
+class ReplicaKeys(tuple[bytes, ...]):
+    """The replica public keys of one cluster in replica-id order, and the cluster id that
+    each of its consensus signatures binds (see :func:`cluster_domain`). A plain sequence of
+    keys stands for the empty cluster id."""
+
+    cluster_id: bytes
+
+    def __new__(cls, publics: Sequence[bytes], cluster_id: bytes = b"") -> ReplicaKeys:
+        keys = super().__new__(cls, publics)
+        cluster_domain(cluster_id)  # validates it
+        keys.cluster_id = cluster_id
+        return keys
+
+    def __getnewargs__(self) -> tuple[tuple[bytes, ...], bytes]:
+        return (tuple(self), self.cluster_id)
+
+
+def as_replica_keys(consortium: Sequence[bytes]) -> ReplicaKeys:
+    """``consortium`` as ReplicaKeys, keeping its cluster id (``tuple()`` would drop it)."""
+    if isinstance(consortium, ReplicaKeys):
+        return consortium
+    return ReplicaKeys(tuple(consortium))
+
+
+def domain_of(consortium: Sequence[bytes]) -> bytes:
+    """The signing domain of the cluster whose replica keys ``consortium`` holds."""
+    return cluster_domain(getattr(consortium, "cluster_id", b""))
+
+
 class NodeCrypto:
-    """``consensus.events.Crypto`` for one replica: its own key plus the consortium's publics."""
+    """``consensus.events.Crypto`` for one replica: its own key plus the consortium's publics,
+    every signature bound to the cluster id."""
 
-    __slots__ = ("_publics", "_signer")
+    __slots__ = ("_domain", "_publics", "_signer")
 
-    def __init__(self, secret: bytes, replica_publics: Sequence[bytes]) -> None:
+    def __init__(
+        self, secret: bytes, replica_publics: Sequence[bytes], cluster_id: bytes | None = None
+    ) -> None:
         publics = tuple(replica_publics)
         for i, pk in enumerate(publics):
             if type(pk) is not bytes or len(pk) != PUBLIC_KEY_SIZE:
                 raise ValueError(f"replica {i} public key must be {PUBLIC_KEY_SIZE} bytes")
+        if cluster_id is None:
+            cluster_id = getattr(replica_publics, "cluster_id", b"")
         self._signer = Signer(secret)
         self._publics = publics
+        self._domain = cluster_domain(cluster_id)
 
     @property
     def public(self) -> bytes:
@@ -123,13 +176,19 @@ class NodeCrypto:
         return self._publics
 
     def sign(self, data: bytes) -> bytes:
-        return self._signer.sign(data)
+        return self._signer.sign(self._domain + data)
 
     def verify(self, replica: int, data: bytes, signature: bytes) -> bool:
         """False for an unknown replica id as for a bad signature: a peer cannot make us raise."""
         if type(replica) is not int or not 0 <= replica < len(self._publics):
             return False
-        return verify(self._publics[replica], data, signature)
+        if type(data) is not bytes:
+            return False
+        return verify(self._publics[replica], self._domain + data, signature)
+
+    def sign_raw(self, data: bytes) -> bytes:
+        """A signature of ``data`` as given (its caller has its own domain tag)."""
+        return self._signer.sign(data)
 
     def __repr__(self) -> str:
         return f"NodeCrypto(public={self.public.hex()}, n={len(self._publics)})"

@@ -6,8 +6,8 @@ and then carries out the round's ``Ready`` records together (group commit):
 
   1. persist every message of the round in one SQLite transaction;
   2. append the round's committed blocks (one transaction), wake GET /tx waiters;
-  3. truncate the persisted log at the newest stable checkpoint (after 2, so a crash between
-     them leaves more on disk, never less);
+  3. forget the persisted messages the core's ``Retention`` names (after 2, so a crash
+     between them leaves more on disk, never less);
   4. hand every outgoing message to the transport (queued per peer, sent in batches);
   5. serve FetchRequests from the block store;
   6. re-arm the timer for the replica's next deadline.
@@ -20,27 +20,23 @@ A failure inside the core or the store is a bug or a broken disk: the node then 
 stop, exit status 70) instead of running on in an unknown state; a restart recovers from what
 was persisted. Every other error (bad input from clients or peers) is answered, counted and
 survived.
+
+Around the task: ``node.inbox`` (the bounded inboxes), ``node.pending`` (what is known or
+acknowledged but not committed), ``node.waiters`` (GET /tx long polls), ``node.status`` (the
+GET /status document) and ``node.main`` (the process entry point: config -> ``Node.run``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import os
-import signal
-import sys
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
-from consensus.events import Ready, Receive, Submit, Tick
+from consensus.events import DropReason, Ready, Receive, Retention, Submit, Tick
 from consensus.messages import (
     CertifiedBlock,
     FetchRequest,
@@ -50,138 +46,48 @@ from consensus.messages import (
     Request,
 )
 from consensus.replica import Replica
+from node.access import ReaderHttp, ReadTokens
 from node.api import Overloaded, create_app
-from node.audit import Auditor, BlockUnavailable
-from node.config import NodeConfig, load_config
+from node.clock import NodeClock
+from node.config import NodeConfig
 from node.crypto import NodeCrypto, load_key
 from node.faults import FaultLayer
+from node.faults.wiring import make_transport, pause_gate
+from node.fetchserve import FetchBudget
+from node.http import GuardedRunner, serve_kwargs
+from node.inbox import ClientBatch, ClientInbox, PeerInbox, RoundFrames
 from node.ledger import (
     Block,
     ClientRegistry,
     LedgerApp,
     block_from_committed,
     block_to_certified,
-    decode_block,
 )
-from node.store import Store
-from node.transport import LogLimiter, ReasonCounter, Transport
+from node.logfmt import set_position
+from node.observer import Observer
+from node.peerauth import PeerAuth
+from node.pending import DurablePending, PendingTxs
+from node.reader import BlockReader
+from node.repair import RepairLog
+from node.status import NodeCounters, consortium_json, status_document
+from node.store import Store, StoreError
+from node.storeguard import StoreWatch, open_store
+from node.tls import check_own_certificate, node_client_context, server_context
+from node.transport import LogLimiter
+from node.verified import BlockUnavailable
+from node.waiters import CommitWaiters
+
+if TYPE_CHECKING:
+    from node.audit.auditor import Auditor
 
 log = logging.getLogger("medchain.node")
 
 STORE_FILE: Final = "chain.sqlite3"
-MEMPOOL_FULL: Final = "mempool full"
-"""The reason ``Replica`` gives in ``Ready.dropped`` for a submitted tx it had no room for."""
 EXIT_OK: Final = 0
 EXIT_FATAL: Final = 70
 """EX_SOFTWARE: the consensus task or the store failed; the node stopped itself."""
 SUBMIT_TIMEOUT_S: Final = 30.0
 """A POST /tx waiting longer than this for the consensus task gets 503 (the task is stuck)."""
-
-
-class NodeClock:
-    """Milliseconds that never go backwards, anchored to the wall clock at start.
-
-    The replica needs a monotonic time for its timers; it also stamps proposed batches with it,
-    so anchoring to the wall clock keeps block timestamps meaningful to people.
-    """
-
-    __slots__ = ("_mono0", "_wall0")
-
-    def __init__(self) -> None:
-        self._wall0 = time.time_ns() // 1_000_000
-        self._mono0 = time.monotonic_ns()
-
-    def __call__(self) -> int:
-        return self._wall0 + (time.monotonic_ns() - self._mono0) // 1_000_000
-
-
-@dataclass(slots=True)
-class _ClientBatch:
-    """Admitted client transactions waiting for the consensus task, and who waits for them."""
-
-    event: Submit
-    done: asyncio.Future[dict[bytes, str]]
-
-
-@dataclass(slots=True)
-class _Counters:
-    rounds: int = 0
-    steps: int = 0
-    persisted_msgs: int = 0
-    committed_blocks: int = 0
-    committed_txs: int = 0
-    submitted_txs: int = 0
-    refused_txs: int = 0
-    served_fetches: int = 0
-    served_blocks: int = 0
-    peer_inbox_dropped: int = 0
-    client_inbox_refused: int = 0
-    view_changes: int = 0
-    dropped: ReasonCounter = field(default_factory=ReasonCounter)
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "rounds": self.rounds,
-            "steps": self.steps,
-            "persisted_msgs": self.persisted_msgs,
-            "committed_blocks": self.committed_blocks,
-            "committed_txs": self.committed_txs,
-            "submitted_txs": self.submitted_txs,
-            "refused_txs": self.refused_txs,
-            "served_fetches": self.served_fetches,
-            "served_blocks": self.served_blocks,
-            "peer_inbox_dropped": self.peer_inbox_dropped,
-            "client_inbox_refused": self.client_inbox_refused,
-            "view_changes": self.view_changes,
-            "core_dropped": self.dropped.snapshot(),
-        }
-
-
-class PendingTxs:
-    """Ids of transactions this node has seen but not yet committed: bounded LRU with a TTL.
-
-    Fed with client submissions and with the ids in peers' Requests and PrePrepares, so that
-    GET /tx can say "pending" on any node that heard of the transaction.
-    """
-
-    __slots__ = ("_max", "_seen", "_ttl_ms")
-
-    def __init__(self, max_size: int, ttl_ms: int) -> None:
-        self._max = max_size
-        self._ttl_ms = ttl_ms
-        self._seen: OrderedDict[bytes, int] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def add(self, tx_ids: tuple[bytes, ...] | list[bytes], now_ms: int) -> None:
-        seen = self._seen
-        for tx_id in tx_ids:
-            if tx_id not in seen:
-                seen[tx_id] = now_ms
-        self._expire(now_ms)
-        while len(seen) > self._max:
-            seen.popitem(last=False)
-
-    def discard(self, tx_ids: tuple[bytes, ...]) -> None:
-        for tx_id in tx_ids:
-            self._seen.pop(tx_id, None)
-
-    def get(self, tx_id: bytes, now_ms: int) -> int | None:
-        t = self._seen.get(tx_id)
-        if t is not None and now_ms - t > self._ttl_ms:
-            del self._seen[tx_id]
-            return None
-        return t
-
-    def _expire(self, now_ms: int) -> None:
-        """Insertion order is first-seen order, so expired entries are at the front."""
-        seen = self._seen
-        while seen:
-            tx_id, t = next(iter(seen.items()))
-            if now_ms - t <= self._ttl_ms:
-                return
-            del seen[tx_id]
 
 
 class Node:
@@ -194,38 +100,69 @@ class Node:
     """
 
     def __init__(
-        self, config: NodeConfig, *, secret: bytes | None = None, full_verify: bool = False
+        self,
+        config: NodeConfig,
+        *,
+        secret: bytes | None = None,
+        full_verify: bool = False,
+        wipe: bool = False,
     ) -> None:
         self._full_verify = full_verify
+        self._wipe = wipe
+        self._watch_task: asyncio.Task[None] | None = None
         self.config = config
         self.limits = config.limits
         self.node_id = config.node_id
         self.clock = NodeClock()
         self._secret = secret
-        self._started_ms = self.clock()
+        self.started_ms = self.clock()
         self._store: Store | None = None
+        self.reader: BlockReader | None = None
+        """The node's own read path (verify-on-read, quarantine, repair); set while started."""
         self.auditor: Auditor | None = None
-        self._durable_pending: set[bytes] = set()
-        """Ids in the store's pending table (acknowledged here, not yet committed)."""
+        """The cross-audit of peers, while started with ``[audit] enabled``."""
+        self._durable: DurablePending | None = None
+        """The store's pending table (acknowledged here, not yet committed); while started."""
         self._replica: Replica | None = None
         self._ledger_app: LedgerApp | None = None
         self.faults = FaultLayer.from_config(config)
+        self.observer = Observer.for_node(config, self.clock)
+        """Metrics, the flight recorder and readiness (node.observer; served by node.ops)."""
+        self.faults.listener = self.observer.on_fault
         self._crypto: NodeCrypto | None = None
-        self.transport = Transport(
+        self.transport = make_transport(
+            self.faults,
+            self._sign,
             self_id=config.node_id,
             peers=config.peers,
             limits=config.limits,
             deliver=self._deliver_peer,
-            faults=self.faults,
+            auth=PeerAuth(
+                self_id=config.node_id,
+                replicas=config.replica_publics,
+                sign=self._sign,
+                tls=config.tls.enabled,
+            ),
+            ssl_context=node_client_context(config.tls) if config.tls.enabled else None,
         )
+        self._fetch_budget = FetchBudget(config.limits)
+        self._gate = pause_gate(self.faults)
         self.app = create_app(self)
+        self.app.add_routes(self._audit_routes())
         self.pending = PendingTxs(self.limits.pending_tx_max, self.limits.pending_tx_ttl_ms)
-        self.counters = _Counters()
-        self._peer_inbox: deque[tuple[Receive, int]] = deque()
-        self._peer_inbox_bytes = 0
-        self._client_inbox: deque[_ClientBatch] = deque()
-        self._waiters: dict[bytes, set[asyncio.Future[None]]] = {}
-        self._waiter_count = 0
+        self.counters = NodeCounters()
+        self.waiters = CommitWaiters(self.limits.max_waiters)
+        self._consortium = consortium_json(config)
+        self._peer_inbox = PeerInbox(
+            self.limits.peer_inbox_max, self.limits.peer_inbox_max_bytes, self.clock
+        )
+        self._client_inbox = ClientInbox(
+            self.limits.client_inbox_max, self.limits.client_inbox_max_bytes, self.clock
+        )
+        self._step_ms = 0
+        """The replica's time: the receipt time of the newest event stepped, never decreasing."""
+        self._next_reoffer_ms = 0
+        self._frames = RoundFrames()
         self._wake = asyncio.Event()
         self._tick_due = True
         self._deadline_ms = 0
@@ -264,6 +201,11 @@ class Node:
         return self._fatal
 
     @property
+    def started(self) -> bool:
+        """The store is open and the replica restored (until ``stop()``)."""
+        return self._store is not None and self._replica is not None
+
+    @property
     def height(self) -> int:
         return self.store.head()[0]
 
@@ -275,12 +217,28 @@ class Node:
             raise RuntimeError("node already started")
         cfg = self.config
         secret = self._secret if self._secret is not None else self._load_secret()
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        store = Store(cfg.data_dir / STORE_FILE)
+        if cfg.tls.enabled:
+            check_own_certificate(cfg.tls, cfg.replicas[self.node_id].public_key)
+        if cfg.access_open:
+            log.warning(
+                "ACCESS OPEN: [access] open = true, so anyone who can reach this node reads "
+                "every record's metadata and status; set it to false outside a dev cluster"
+            )
+        store = open_store(
+            cfg.data_dir,
+            STORE_FILE,
+            node_id=cfg.node_id,
+            vote_log_sync=cfg.vote_log_sync,
+            wipe=self._wipe,
+        )
+        self._wipe = False  # a restart of this object reuses what it wiped and rebuilt
+        watch: StoreWatch | None = None
         try:
+            watch = StoreWatch(store.path)
             height, head = store.head()
             persisted = store.load_messages()
-            self._ledger_app = LedgerApp(store, ClientRegistry(cfg.client_keys()))
+            registry = ClientRegistry(cfg.client_keys())
+            self._ledger_app = LedgerApp(store, registry)
             crypto = NodeCrypto(secret, cfg.replica_publics)
             self._crypto = crypto
             self._replica = Replica(
@@ -292,11 +250,17 @@ class Node:
                 persisted=persisted,
             )
         except BaseException:
+            if watch is not None:
+                watch.close()
             store.close()
             raise
         self._store = store
-        self.auditor = Auditor.for_node(cfg, store, crypto)
-        self.auditor.startup_check(full=self._full_verify)
+        store.on_write = self.observer.on_store_write
+        set_position(self._log_position)
+        self._durable = DurablePending(
+            store, self.limits.pending_max_txs, self.limits.pending_max_bytes
+        )
+        self._open_read_path(store, registry, crypto)
         log.info(
             "starting: height %d, %d persisted consensus messages, view %d, n=%d",
             height,
@@ -307,36 +271,86 @@ class Node:
         try:
             await self.transport.start()
         except BaseException:
-            self._store = None
+            self._store = self._durable = None
+            watch.close()
             store.close()
             raise
-        await self.auditor.start()
+        assert self.reader is not None
+        http = self._reader_http(crypto)
+        await self.reader.start(http=http)
+        if self.auditor is not None:
+            await self.auditor.start(http=http)
         self._core_task = asyncio.create_task(self._run_core(), name="consensus")
+        self._watch_task = asyncio.create_task(self._watch_store(watch), name="store-watch")
         self._resubmit_pending()
 
-    def _forget_durable_pending(self, blocks: list[Block]) -> None:
-        """Only transactions this node acknowledged itself are on disk as pending: most nodes
-        have none of a block's, so look in memory before touching SQLite."""
-        mine = self._durable_pending
-        if not mine:
-            return
-        done = [t for b in blocks for t in b.tx_ids if t in mine]
-        if done:
-            self.store.delete_pending(done)
-            mine.difference_update(done)
+    def _reader_http(self, crypto: NodeCrypto) -> ReaderHttp:
+        """How this node reads from its peers (repair, audit): its certificate over TLS, a read
+        token signed with its replica key otherwise (peers may be closed to anonymous reads)."""
+        tls = self.config.tls
+        ctx = node_client_context(tls) if tls.enabled else None
+        return ReaderHttp(ssl_context=ctx, tokens=ReadTokens(crypto.public, crypto.sign))
+
+    def _open_read_path(self, store: Store, registry: ClientRegistry, crypto: NodeCrypto) -> None:
+        """The reader (always) and the cross-audit (if enabled), sharing one database and the
+        client registry the ledger uses; the stored chain is checked before anything serves."""
+        cfg = self.config
+        repair_log: RepairLog
+        if cfg.audit_enabled:
+            # The one place that wires the cross-audit in: a node with it off never loads it.
+            from node.audit.auditor import Auditor
+            from node.audit.log import AuditLog
+
+            repair_log = audit_log = AuditLog.for_node(cfg)
+        else:
+            repair_log = RepairLog.for_node(cfg)
+        self.reader = BlockReader.for_node(cfg, store, registry, repair_log)
+        self.reader.startup_check(full=self._full_verify)
+        if cfg.audit_enabled:
+            self.auditor = Auditor.for_node(cfg, self.reader, crypto, audit_log)
+
+    def _audit_routes(self) -> list[web.RouteDef]:
+        """GET /audit and /audit/evidence: the auditor's, or a 404 naming why there is none."""
+        if not self.config.audit_enabled:
+            return [web.get("/audit", _audit_disabled), web.get("/audit/evidence", _audit_disabled)]
+        from node.audit.routes import audit_routes
+
+        return audit_routes(lambda: self.auditor)
 
     def _resubmit_pending(self) -> None:
         """Hand the replica what this node acknowledged before a crash and never saw commit."""
-        pending = self.store.load_pending(self.config.consensus.mempool_max_txs)
-        self._durable_pending.update(t for t, _ in pending)
+        assert self._durable is not None
+        pending = self._durable.load(self.limits.pending_max_txs)
+        self._offer_acknowledged(pending)
+        if pending:
+            log.info("re-submitting %d accepted transactions not yet committed", len(pending))
+
+    def _reoffer_pending(self, *, now: bool = False) -> None:
+        """Every ``pending_reoffer_ms``, and after every view change (``now``): hand the replica
+        again the acknowledged transactions it no longer holds (refused while full, or held
+        by a replica that restarted). With those it still holds, ``normal.relay_stale`` and
+        ``reforward_pending`` take them to the current primary; together an acknowledged
+        transaction reaches the primary of every view until it commits."""
+        clock = self.clock()
+        if not now and clock < self._next_reoffer_ms:
+            return
+        self._next_reoffer_ms = clock + self.limits.pending_reoffer_ms
+        durable = self._durable
+        if durable is None or not len(durable) or len(self._client_inbox):
+            return
+        replica = self.replica
+        limit = self.config.consensus.max_inflight * self.config.consensus.max_batch_txs
+        self._offer_acknowledged(durable.oldest(limit, replica.mempool.__contains__))
+
+    def _offer_acknowledged(self, pending: list[tuple[bytes, bytes]]) -> None:
         step = self.config.consensus.max_request_txs
         loop = asyncio.get_running_loop()
         for i in range(0, len(pending), step):
             chunk = pending[i : i + step]
-            ev = Submit(tuple(t for t, _ in chunk), tuple(tx for _, tx in chunk))
-            self._client_inbox.append(_ClientBatch(ev, loop.create_future()))
+            ev = Submit(tuple(t for t, _ in chunk), tuple(tx for _, tx in chunk), True)
+            size = sum(len(tx) for _, tx in chunk)
+            self._client_inbox.push(ClientBatch(ev, loop.create_future(), size))
         if pending:
-            log.info("re-submitting %d accepted transactions not yet committed", len(pending))
             self._wake.set()
 
     def _load_secret(self) -> bytes:
@@ -351,40 +365,59 @@ class Node:
 
     async def stop(self) -> None:
         """Stop the consensus task and peer links, release waiters, close the store."""
-        self._release_waiters()
+        self.waiters.release_all()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        watch_task, self._watch_task = self._watch_task, None
+        if watch_task is not None:
+            watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch_task
         task, self._core_task = self._core_task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._fail_client_batches("node is stopping")
+        self._client_inbox.fail_all("node is stopping")
         await self.transport.stop()
         if self.auditor is not None:
             await self.auditor.stop()
             self.auditor.close()
             self.auditor = None
+        if self.reader is not None:
+            await self.reader.stop()
+            self.reader.close()
+            self.reader = None
         if self._store is not None:
             self._store.close()
             self._store = None
+            self._durable = None
 
     async def run(self, stop: asyncio.Event) -> int:
         """Serve until ``stop`` is set or the consensus task fails; returns the exit status."""
         await self.start()
-        runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        lim = self.limits
+        runner = GuardedRunner(
+            self.app,
+            max_connections=lim.max_connections,
+            handle_signals=False,
+            **serve_kwargs(lim.header_timeout_ms),
+        )
         try:
             await runner.setup()
+            tls = self.config.tls
             site = web.TCPSite(
                 runner,
                 self.config.host,
                 self.config.port,
                 shutdown_timeout=self.limits.shutdown_grace_ms / 1000.0,
                 reuse_address=True,
+                ssl_context=server_context(tls) if tls.enabled else None,
             )
             await site.start()
-            log.info("serving on http://%s:%d", self.config.host, self.config.port)
+            scheme = "https" if tls.enabled else "http"
+            log.info("serving on %s://%s:%d", scheme, self.config.host, self.config.port)
             core = self._core_task
             assert core is not None
             stop_wait = asyncio.create_task(stop.wait(), name="stop-signal")
@@ -393,8 +426,9 @@ class Node:
             finally:
                 stop_wait.cancel()
             log.info("shutting down")
-            # Long polls would hold the server's graceful shutdown open: answer them first.
-            self._release_waiters()
+            # Long polls would hold the server's graceful shutdown open: answer them first,
+            # and those that still arrive before the listener closes.
+            self.waiters.release_all(close=True)
         finally:
             await runner.cleanup()
             await self.stop()
@@ -406,21 +440,37 @@ class Node:
 
     # ------------------------------------------------------------------ inputs
 
-    def _deliver_peer(self, sender: int, msg: Message, size: int) -> bool:
+    def _deliver_peer(self, sender: int, msg: Message, frame: bytes) -> bool:
         """Called by the transport for every decoded frame; never blocks. The inbox is bounded
-        in messages and in bytes (a FetchResponse may be megabytes)."""
-        lim = self.limits
-        if (
-            len(self._peer_inbox) >= lim.peer_inbox_max
-            or self._peer_inbox_bytes + size > lim.peer_inbox_max_bytes
-            or not self.healthy
-        ):
+        in messages and in bytes (a FetchResponse may be megabytes). The frame stays with a
+        message the replica may persist, which is then stored without encoding it again."""
+        keep = None if isinstance(msg, Request | FetchRequest | FetchResponse) else frame
+        if not self.healthy or not self._peer_inbox.offer(Receive(msg, sender), len(frame), keep):
             self.counters.peer_inbox_dropped += 1
             return False
-        self._peer_inbox.append((Receive(msg, sender), size))
-        self._peer_inbox_bytes += size
         self._wake.set()
         return True
+
+    def check_admission(self, count: int) -> None:
+        """Raise Overloaded (503 + Retry-After, counted) if this node takes no client
+        transactions now: its client inbox or its acknowledged-not-committed set is full, or
+        the oldest transaction its replica holds has waited past ``admission_max_age_ms``.
+        Cheap, so POST /tx asks it before checking any signature."""
+        if not self.healthy:
+            raise Overloaded("node is not running")
+        reason = None
+        if self._client_inbox.full:
+            reason = "client inbox full"
+        elif self._durable is not None and not self._durable.room_for(count, 0):
+            reason = "pending set full"
+        else:
+            oldest = self.replica.mempool.oldest_ms()
+            limit = self.config.consensus.admission_max_age_ms
+            if oldest is not None and self.clock() - oldest > limit:
+                reason = DropReason.BACKLOG_TOO_OLD.value
+        if reason is not None:
+            self.counters.overloaded.add(reason, count)
+            raise Overloaded(reason)
 
     async def submit(self, tx_ids: list[bytes], txs: list[bytes]) -> dict[bytes, str]:
         """Feed admitted transactions to the replica (``Submit``); wait until it has taken
@@ -428,11 +478,18 @@ class Node:
         when the inbox is full or the node is stopping."""
         if not self.healthy:
             raise Overloaded("node is not running")
-        if len(self._client_inbox) >= self.limits.client_inbox_max:
+        if self._client_inbox.full:
             self.counters.client_inbox_refused += 1
+            self.counters.overloaded.add("client inbox full", len(tx_ids))
             raise Overloaded("client inbox full")
+        size = sum(len(tx) for tx in txs)
+        assert self._durable is not None
+        if not self._durable.room_for(len(tx_ids), size):
+            # Admission control: this node has acknowledged as much as it keeps until commit.
+            self.counters.overloaded.add("pending set full", len(tx_ids))
+            raise Overloaded("too many accepted transactions not yet committed")
         done: asyncio.Future[dict[bytes, str]] = asyncio.get_running_loop().create_future()
-        self._client_inbox.append(_ClientBatch(Submit(tuple(tx_ids), tuple(txs)), done))
+        self._client_inbox.push(ClientBatch(Submit(tuple(tx_ids), tuple(txs)), done, size))
         self._wake.set()
         try:
             return await asyncio.wait_for(asyncio.shield(done), SUBMIT_TIMEOUT_S)
@@ -459,73 +516,24 @@ class Node:
         """Return when ``tx_id`` is committed or after ``wait_ms``, whichever is first."""
         if self.store.is_committed(tx_id) or not self.healthy:
             return
-        if self._waiter_count >= self.limits.max_waiters:
-            raise Overloaded("too many waiting requests")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(tx_id, set()).add(fut)
-        self._waiter_count += 1
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(fut, wait_ms / 1000.0)
-        finally:
-            self._waiter_count -= 1
-            futs = self._waiters.get(tx_id)
-            if futs is not None:
-                futs.discard(fut)
-                if not futs:
-                    del self._waiters[tx_id]
+        await self.waiters.wait(tx_id, wait_ms)
 
     def get_block(self, height: int) -> Block | None:
-        assert self.auditor is not None
-        return self.auditor.read_block(height)
+        assert self.reader is not None
+        return self.reader.read_block(height)
 
     def get_blocks(self, from_height: int, limit: int) -> list[Block]:
-        assert self.auditor is not None
-        return self.auditor.read_blocks(from_height, limit)
-
-    @functools.cached_property
-    def _consortium_json(self) -> dict[str, object]:
-        """Public keys this node verifies against (auditors should get them out of band)."""
-        cfg = self.config
-        return {
-            "replicas": [
-                {"id": r.id, "url": r.url, "public_key": r.public_key.hex()} for r in cfg.replicas
-            ],
-            "clients": [
-                {"hospital": c.hospital, "public_key": c.public_key.hex()} for c in cfg.clients
-            ],
-        }
+        assert self.reader is not None
+        return self.reader.read_blocks(from_height, limit)
 
     def status(self) -> dict[str, object]:
-        r = self.replica
-        height, head = self.store.head()
+        return status_document(self, self._consortium)
+
+    def inbox_status(self) -> dict[str, int]:
         return {
-            "node": self.node_id,
-            "view": r.view,
-            "primary": r.primary,
-            "is_primary": r.primary == self.node_id,
-            "in_view_change": r.in_view_change,
-            "height": height,
-            "head_hash": head.hex(),
-            "last_executed": r.last_executed,
-            "stable_checkpoint": r.stable_seq,
-            "mempool_size": r.mempool_size,
-            "pending_txs": len(self.pending),
-            "waiters": self._waiter_count,
-            "inbox": {
-                "peer": len(self._peer_inbox),
-                "peer_bytes": self._peer_inbox_bytes,
-                "client": len(self._client_inbox),
-            },
-            "healthy": self.healthy,
-            "uptime_ms": self.clock() - self._started_ms,
-            "n": self.config.n,
-            "f": self.config.consensus.f,
-            "peers": self.transport.peers_status(),
-            **self._consortium_json,
-            "counters": self.counters.to_json(),
-            "transport": self.transport.status(),
-            "faults": self.faults.status(),
+            "peer": len(self._peer_inbox),
+            "peer_bytes": self._peer_inbox.nbytes,
+            "client": len(self._client_inbox),
         }
 
     # ------------------------------------------------------------------ the consensus task
@@ -533,10 +541,7 @@ class Node:
     async def _run_core(self) -> None:
         try:
             while True:
-                if self.faults.paused:
-                    # Fault injection: stop feeding the replica; the inboxes stay bounded.
-                    await self.faults.wait_unpaused()
-                    continue
+                await self._gate()
                 if not self._has_work():
                     self._wake.clear()
                     if not self._has_work():
@@ -549,8 +554,25 @@ class Node:
         except Exception as e:
             self._fatal = e
             log.critical("consensus task failed; stopping the node", exc_info=True)
-            self._release_waiters()
-            self._fail_client_batches("node failed")
+            self.waiters.release_all()
+            self._client_inbox.fail_all("node failed")
+
+    async def _watch_store(self, watch: StoreWatch) -> None:
+        """Stop the node (fail stop) within one interval of its database being deleted,
+        truncated or replaced under it; /health answers 503 from that moment."""
+        try:
+            while True:
+                await asyncio.sleep(self.limits.store_watch_ms / 1000.0)
+                problem = watch.check()
+                if problem is not None:
+                    self._fatal = StoreError(problem)
+                    log.critical("store failed, stopping: %s", problem)
+                    self.waiters.release_all()
+                    if self._core_task is not None:
+                        self._core_task.cancel()
+                    return
+        finally:
+            watch.close()
 
     def _has_work(self) -> bool:
         return bool(
@@ -567,7 +589,8 @@ class Node:
         before sent) and their submitters answered; the exception then stops the node.
         """
         readies: list[Ready] = []
-        batches: list[tuple[_ClientBatch, Ready]] = []
+        batches: list[tuple[ClientBatch, Ready]] = []
+        self.observer.round_started(self.replica)
         try:
             self._step_events(readies, batches)
         finally:
@@ -576,38 +599,50 @@ class Node:
             try:
                 if readies:
                     self._apply(readies)
+                    self.observer.round_done(self.replica, readies)
             except BaseException:
                 for batch, _ in batches:
                     if not batch.done.done():
                         batch.done.set_exception(Overloaded("node failed"))
                 raise
+            finally:
+                self._frames.clear()
             for batch, ready in batches:
                 self._answer_submit(batch, ready)
 
-    def _step_events(self, readies: list[Ready], batches: list[tuple[_ClientBatch, Ready]]) -> None:
+    def _step_events(self, readies: list[Ready], batches: list[tuple[ClientBatch, Ready]]) -> None:
         replica = self.replica
         budget = self.limits.max_events_per_round
         # Peer traffic drives progress; client batches get a bounded share so neither starves.
         client_quota = min(len(self._client_inbox), max(1, budget // 4))
         peer_quota = min(len(self._peer_inbox), budget - client_quota)
+        observe_in = self.observer.msg_in
         for _ in range(peer_quota):
-            ev, size = self._peer_inbox.popleft()
-            self._peer_inbox_bytes -= size
+            ev, frame, received_ms = self._peer_inbox.pop()
+            if frame is not None:
+                self._frames.note(ev.message, frame)
             self._note_seen(ev.message)
-            readies.append(replica.step(ev, self.clock()))
+            observe_in(ev)
+            readies.append(replica.step(ev, self._at(received_ms)))
         for _ in range(client_quota):
-            batch = self._client_inbox.popleft()
+            batch = self._client_inbox.pop()
             try:
-                ready = replica.step(batch.event, self.clock())
+                ready = replica.step(batch.event, self._at(batch.received_ms))
             except BaseException:
                 batch.done.set_exception(Overloaded("node failed"))
                 raise
             readies.append(ready)
             batches.append((batch, ready))
+        # A tick brings the replica to the present only once it has read every message that
+        # arrived before it; until then its timers run on receipt times (see node.inbox).
         now = self.clock()
-        if self._tick_due or now >= self._deadline_ms:
+        if (self._tick_due or now >= self._deadline_ms) and not self._peer_inbox:
             self._tick_due = False
-            readies.append(replica.step(Tick(), now))
+            readies.append(replica.step(Tick(), self._at(now)))
+
+    def _at(self, received_ms: int) -> int:
+        self._step_ms = max(self._step_ms, received_ms)
+        return self._step_ms
 
     def _note_seen(self, msg: Message) -> None:
         if isinstance(msg, Request):
@@ -619,18 +654,21 @@ class Node:
         store = self.store
         persist = [m for r in readies for m in r.persist]
         if persist:
-            store.save_messages(persist)
+            # Encoded once here (or kept as received); the sends below reuse the same bytes.
+            store.save_messages(persist, [self._frames.encoded(m) for m in persist])
             self.counters.persisted_msgs += len(persist)
-        blocks = [block_from_committed(c) for r in readies for c in r.committed]
+        decoded = self.ledger_app.take_decoded
+        blocks = [block_from_committed(c, decoded) for r in readies for c in r.committed]
         if blocks:
             raws = store.append_blocks(blocks)
-            if self.auditor is not None:
-                self.auditor.note_written(blocks, raws)
-            self._forget_durable_pending(blocks)
+            assert self.reader is not None
+            self.reader.note_written(blocks, raws)
+            assert self._durable is not None
+            self._durable.forget_committed(t for b in blocks for t in b.tx_ids)
             self._on_committed(blocks)
-        truncations = [r.truncate_through for r in readies if r.truncate_through is not None]
-        if truncations:
-            store.truncate_messages(max(truncations))
+        rules = tuple(rule for r in readies if r.retain is not None for rule in r.retain.forget)
+        if rules:
+            store.retain(Retention(rules))
         send = self._send
         for r in readies:
             for dest, msg in r.send:
@@ -639,12 +677,16 @@ class Node:
         for r in readies:
             for req in r.serve:
                 self._serve_fetch(req)
+        view_changed = False
         for r in readies:
             self._note_drops(r)
             if r.view_changed is not None:
-                store.truncate_views(r.view_changed)
+                view_changed = True
                 self.counters.view_changes += 1
-                log.info("view change: moving to view %d", r.view_changed)
+                cause = r.view_change_cause
+                why = "" if cause is None else f" ({cause.value})"
+                log.info("view change: moving to view %d%s", r.view_changed, why)
+        self._reoffer_pending(now=view_changed)
         deadline = readies[-1].deadline_ms
         self._arm_timer(deadline)
 
@@ -655,10 +697,7 @@ class Node:
             c.committed_blocks += 1
             c.committed_txs += len(ids)
             self.pending.discard(ids)
-            for tx_id in ids:
-                for fut in self._waiters.pop(tx_id, ()):
-                    if not fut.done():
-                        fut.set_result(None)
+            self.waiters.wake(ids)
         last = blocks[-1]
         log.debug("committed through height %d (%d blocks)", last.height, len(blocks))
 
@@ -668,7 +707,11 @@ class Node:
         count = min(req.to_seq - req.from_seq + 1, self.config.consensus.fetch_batch_blocks)
         if count < 1:
             return
-        budget = self.limits.fetch_response_max_bytes
+        # Rate- and byte-limited per peer; req.replica is the authenticated sender (transport).
+        budget = self._fetch_budget.take(req.replica, time.monotonic())
+        if budget <= 0:
+            self.counters.dropped.add("fetch_budget_spent")
+            return
         size = 0
         certified: list[CertifiedBlock] = []
         for height, raw in self.store.get_blocks_raw(req.from_seq, count):
@@ -678,9 +721,10 @@ class Node:
                 break
             block = self._verified_for_serving(height, raw)
             if block is None:
-                break  # never serve corrupted data; the auditor quarantines and repairs it
+                break  # never serve corrupted data; the reader quarantines and repairs it
             size += len(raw)
             certified.append(block_to_certified(block))
+        self._fetch_budget.charge(req.replica, size)
         if not certified:
             return
         self.counters.served_fetches += 1
@@ -688,42 +732,53 @@ class Node:
         self._send(req.replica, FetchResponse(tuple(certified), self.node_id))
 
     def _verified_for_serving(self, height: int, raw: bytes) -> Block | None:
-        if self.auditor is None:
-            return decode_block(raw)
+        assert self.reader is not None
         try:
-            return self.auditor.read_block(height, raw)
+            return self.reader.read_block(height, raw)
         except BlockUnavailable as e:
             log.warning("not serving block %d: %s", height, e.reason)
             return None
 
     def _send(self, dest: int | None, msg: Message) -> None:
-        """Hand one message to the transport, through the fault layer's byzantine modes."""
+        self.transport.send(dest, msg, self._frames.get(msg))
+
+    def _log_position(self) -> tuple[int | None, int | None]:
+        """(view, last executed seq) for structured log lines (node.logfmt)."""
+        r = self._replica
+        return (None, None) if r is None else (r.view, r.last_executed)
+
+    def _sign(self, data: bytes) -> bytes:
+        """This node's signature, for a transport that re-signs what it sends."""
         if self._crypto is None:
-            self.transport.send(dest, msg)
-            return
-        for d, m in self.faults.outgoing(dest, msg, self._crypto.sign):
-            self.transport.send(d, m)
+            raise RuntimeError("node not started")
+        return self._crypto.sign(data)
 
     def _note_drops(self, ready: Ready) -> None:
-        for reason, detail in ready.dropped:
+        for d in ready.dropped:
+            reason = d.reason.value
             self.counters.dropped.add(reason)
-            self._log_limit(log, logging.INFO, reason, "core dropped: %s (%s)", reason, detail)
+            self._log_limit(log, logging.INFO, reason, "core dropped: %s (%s)", reason, d.detail)
 
-    def _answer_submit(self, batch: _ClientBatch, ready: Ready) -> None:
-        refused: dict[bytes, str] = {}
-        for reason, detail in ready.dropped:
-            if reason == MEMPOOL_FULL:
-                with contextlib.suppress(ValueError):
-                    refused[bytes.fromhex(detail)] = reason
+    def _answer_submit(self, batch: ClientBatch, ready: Ready) -> None:
+        refused = {tx_id: reason.value for tx_id, reason in ready.refused().items()}
         ev = batch.event
+        if ev.acknowledged:
+            # Re-offered: already on disk and acknowledged; what was refused stays on disk and
+            # is offered again later.
+            if not batch.done.done():
+                batch.done.set_result(refused)
+            return
         kept = [(t, tx) for t, tx in zip(ev.tx_ids, ev.txs, strict=True) if t not in refused]
         accepted = [t for t, _ in kept]
         # Durable before the client hears 202: a crash now must not lose an accepted record.
-        self.store.save_pending(accepted, [tx for _, tx in kept])
-        self._durable_pending.update(accepted)
+        assert self._durable is not None
+        self._durable.save(accepted, [tx for _, tx in kept])
         self.pending.add(accepted, self.clock())
+        self.observer.submitted(accepted)
         self.counters.submitted_txs += len(accepted)
         self.counters.refused_txs += len(refused)
+        for reason in refused.values():
+            self.counters.overloaded.add(reason)
         if not batch.done.done():
             batch.done.set_result(refused)
 
@@ -743,71 +798,9 @@ class Node:
         self._tick_due = True
         self._wake.set()
 
-    def _release_waiters(self) -> None:
-        waiters, self._waiters = self._waiters, {}
-        for futs in waiters.values():
-            for fut in futs:
-                if not fut.done():
-                    fut.set_result(None)
 
-    def _fail_client_batches(self, why: str) -> None:
-        while self._client_inbox:
-            batch = self._client_inbox.popleft()
-            if not batch.done.done():
-                batch.done.set_exception(Overloaded(why))
-
-
-# ---------------------------------------------------------------------------------------------
-# process entry point
-
-
-def setup_logging(node_id: int, level: str) -> None:
-    """Log to stderr with the node id on every line (ours and aiohttp's)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter(
-            f"%(asctime)s.%(msecs)03d node{node_id} %(levelname)s %(name)s: %(message)s",
-            datefmt="%Y-%m-%d %H:%M:%S",
-        )
+async def _audit_disabled(request: web.Request) -> web.Response:
+    return web.json_response(
+        {"error": "audit disabled", "detail": "this node runs with [audit] enabled = false"},
+        status=404,
     )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # One access log line per request would drown everything else at benchmark rates.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-
-
-async def serve(config: NodeConfig, *, full_verify: bool = False) -> int:
-    """Run a node until SIGTERM/SIGINT; returns the process exit status."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    log.info("event loop: %s.%s", type(loop).__module__, type(loop).__name__)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        return await Node(config, full_verify=full_verify).run(stop)
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-
-
-def run_node(config_path: str | os.PathLike[str], *, full_verify: bool = False) -> int:
-    """``medchain node --config FILE``: load the config, run the node, return the exit status.
-
-    Raises ConfigError / KeyFileError / ValueError (for the CLI to report) if the node cannot
-    start: bad config, unreadable key, key not matching the config.
-    """
-    config = load_config(Path(config_path))
-    setup_logging(config.node_id, config.log_level)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(serve(config, full_verify=full_verify))
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop where installed (libuv's loop: cheaper sockets and timers for aiohttp under
-    load); the standard loop otherwise."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
+from consensus.events import Retention
 from consensus.hashing import GENESIS_HASH, chain_link
 from consensus.messages import (
     Checkpoint,
@@ -34,6 +36,9 @@ from node.codec import CodecError, decode_message, encode_message
 from node.ledger import Block, decode_block, encode_block
 
 SCHEMA_VERSION: Final = "1"
+_SYNC_MODES: Final = ("NORMAL", "FULL")
+PRIVATE_FILE_MODE: Final = 0o600
+PRIVATE_DIR_MODE: Final = 0o700
 MAX_BLOCKS_PER_QUERY: Final = 1000
 """get_blocks / get_blocks_raw return at most this many blocks per call."""
 MAX_PERSISTED_MESSAGES: Final = 1_000_000
@@ -121,10 +126,23 @@ def _columns(msg: Message) -> tuple[str, int | None, int | None, int]:
 class Store:
     """The node's SQLite database; see the module docstring for threading and durability."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
-        if synchronous not in ("NORMAL", "FULL"):
-            raise ValueError("synchronous must be 'NORMAL' or 'FULL'")
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "NORMAL",
+        vote_log_sync: str = "FULL",
+        on_first_vote: Callable[[], None] | None = None,
+    ) -> None:
+        if synchronous not in _SYNC_MODES or vote_log_sync not in _SYNC_MODES:
+            raise ValueError("synchronous and vote_log_sync must be 'NORMAL' or 'FULL'")
         self.path = Path(path)
+        self.on_write: Callable[[float, float], None] | None = None
+        """Told the seconds of each write transaction and of its COMMIT (node metrics)."""
+        self._sync = synchronous
+        self._vote_sync = vote_log_sync
+        self._on_first_vote = on_first_vote
+        create_private(self.path)
         # isolation_level=None: no implicit transactions; every write below opens its own with
         # BEGIN IMMEDIATE so it takes the write lock up front and commits or rolls back whole.
         self._db = sqlite3.connect(self.path, isolation_level=None)
@@ -136,6 +154,11 @@ class Store:
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._init_schema()
             self._head = self._load_head()
+            for suffix in ("-wal", "-shm"):
+                _chmod_private(Path(f"{self.path}{suffix}"))
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise StoreError(f"{self.path}: not a usable database ({e})") from None
         except BaseException:
             self._db.close()
             raise
@@ -169,10 +192,15 @@ class Store:
     @contextlib.contextmanager
     def _write(self) -> Iterator[None]:
         """One SQL transaction: committed whole on success, rolled back whole on any error."""
+        began = time.perf_counter()
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            committing = time.perf_counter()
             self._db.execute("COMMIT")
+            if self.on_write is not None:
+                done = time.perf_counter()
+                self.on_write(done - began, done - committing)
         except BaseException:
             # Also after a failed COMMIT (disk full, I/O error): never leave a transaction open
             # for the next write to silently join.
@@ -345,22 +373,42 @@ class Store:
 
     # -- consensus messages ------------------------------------------------------------------
 
-    def save_messages(self, msgs: Sequence[Message]) -> None:
+    def save_messages(self, msgs: Sequence[Message], frames: Sequence[bytes] | None = None) -> None:
         """Persist messages the replica must remember across a restart (one transaction,
-        committed before return). Saving a message already stored is a no-op."""
+        committed before return). Saving a message already stored is a no-op.
+
+        ``frames``: each message's encoding when the caller has it (sent or received in the
+        same round), stored as it is instead of encoding the message again; any frame that
+        decodes to the message will do."""
         if not msgs:
             return
+        if frames is not None and len(frames) != len(msgs):
+            raise ValueError(f"{len(msgs)} messages but {len(frames)} frames")
         rows = []
-        for msg in msgs:
+        for i, msg in enumerate(msgs):
             kind, view, seq, replica = _columns(msg)
-            data = encode_message(msg)
+            data = encode_message(msg) if frames is None else frames[i]
             rows.append((kind, view, seq, replica, hashlib.sha256(data).digest(), data))
-        with self._write():
-            self._db.executemany(
-                "INSERT OR IGNORE INTO consensus_messages(kind, view, seq, replica, digest, data) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+        # What the replica signed must survive a power loss before it is sent: this commit
+        # fsyncs the WAL (synchronous=FULL) even when the rest of the store runs NORMAL.
+        durable = self._vote_sync != self._sync
+        if durable:
+            self._db.execute(f"PRAGMA synchronous={self._vote_sync}")
+        try:
+            with self._write():
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO consensus_messages"
+                    "(kind, view, seq, replica, digest, data) VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+        finally:
+            if durable:
+                self._db.execute(f"PRAGMA synchronous={self._sync}")
+        if self._on_first_vote is not None:
+            # After the commit, before anything is sent: the marker that this node voted
+            # (node.storeguard), written once.
+            first, self._on_first_vote = self._on_first_vote, None
+            first()
 
     def load_messages(self) -> list[Message]:
         """Every persisted message, in the order saved. StoreError if one no longer decodes:
@@ -384,30 +432,24 @@ class Store:
     def message_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM consensus_messages").fetchone()[0])
 
-    def truncate_messages(self, through_seq: int) -> None:
-        """Forget the log up to a stable checkpoint at ``through_seq``: pre-prepares, prepares
-        and commits with seq <= through_seq, and checkpoints below it (the checkpoints AT it
-        are the stable checkpoint's proof, needed for view changes)."""
+    def retain(self, retention: Retention) -> None:
+        """Carry out the core's retention instruction (one transaction): delete every persisted
+        message one of its rules covers. The columns hold what ``Forget`` compares (a
+        view-change's view is the one it votes for, its seq its stable checkpoint's); a NULL
+        column never compares below a bound, as in ``Forget.covers``."""
         with self._write():
-            self._db.execute(
-                "DELETE FROM consensus_messages "
-                "WHERE kind IN ('pre-prepare', 'prepare', 'commit') AND seq <= ?",
-                (through_seq,),
-            )
-            self._db.execute(
-                "DELETE FROM consensus_messages WHERE kind = 'checkpoint' AND seq < ?",
-                (through_seq,),
-            )
-
-    def truncate_views(self, below_view: int) -> None:
-        """Forget view-change and new-view messages for views before ``below_view`` (once a
-        later view is installed they are never needed again)."""
-        with self._write():
-            self._db.execute(
-                "DELETE FROM consensus_messages "
-                "WHERE kind IN ('view-change', 'new-view') AND view < ?",
-                (below_view,),
-            )
+            for rule in retention.forget:
+                kinds = sorted(_KINDS[kind] for kind in rule.kinds)
+                where = [f"kind IN ({', '.join('?' * len(kinds))})"]
+                args: list[object] = list(kinds)
+                if rule.below_seq is not None:
+                    where.append("seq < ?")
+                    args.append(rule.below_seq)
+                if rule.below_view is not None:
+                    where.append("view < ?")
+                    args.append(rule.below_view)
+                sql = "DELETE FROM consensus_messages WHERE " + " AND ".join(where)
+                self._db.execute(sql, args)
 
     # -- client transactions accepted but not yet committed -------------------------------------
 
@@ -427,6 +469,18 @@ class Store:
             return
         with self._write():
             self._db.executemany("DELETE FROM pending_txs WHERE tx_id = ?", ((t,) for t in tx_ids))
+
+    def get_pending(self, tx_ids: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
+        """(tx id, tx) of those of ``tx_ids`` in the pending table, in the order given."""
+        found: dict[bytes, bytes] = {}
+        for i in range(0, len(tx_ids), 500):
+            chunk = list(tx_ids[i : i + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT tx_id, data FROM pending_txs WHERE tx_id IN ({marks})", chunk
+            )
+            found.update((bytes(a), bytes(b)) for a, b in rows)
+        return [(t, found[t]) for t in tx_ids if t in found]
 
     def load_pending(self, limit: int) -> list[tuple[bytes, bytes]]:
         """Pending transactions not on the chain (committed ones are dropped on the way)."""
@@ -450,6 +504,26 @@ class Store:
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
+
+
+def create_private(path: Path) -> None:
+    """Make ``path``'s directory 0700 and the file 0600 (created empty if missing) before
+    SQLite opens it: SQLite gives the WAL and shm files the database file's mode."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    _chmod_private(path.parent, PRIVATE_DIR_MODE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), PRIVATE_FILE_MODE)
+    os.close(fd)
+    _chmod_private(path)
+
+
+def _chmod_private(path: Path, mode: int = PRIVATE_FILE_MODE) -> None:
+    """Tighten ``path`` to ``mode`` if it exists and we own it (a store from an older build)."""
+    try:
+        st = path.stat()
+        if st.st_uid == os.getuid() and st.st_mode & 0o777 != mode:
+            path.chmod(mode)
+    except FileNotFoundError:
+        pass
 
 
 def _check_link(block: Block, height: int, prev_hash: bytes) -> None:

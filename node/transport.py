@@ -1,11 +1,11 @@
 """Persistent peer links over aiohttp: bounded per-peer queues, batched POSTs, backoff.
 
 Wire format. A node receives consensus traffic on ``POST /peer/msgs``: the body is a msgpack
-array of frames (each frame a ``node.codec`` encoded message, as msgpack bin), the header
-``X-Medchain-From`` names the sending replica id. The response is 204 on success, a JSON error
-otherwise. The header is only a claim: every consensus message is signed, and the core checks
-signatures against the replica named inside the message; the header lets us reject traffic from
-outside the consortium early and attribute counters.
+array of frames (each frame a ``node.codec`` encoded message, as msgpack bin). The response is
+204 on success, a JSON error otherwise. The sender is authenticated before the body is read
+(``node.peerauth``: the node certificate of a TLS link, or a signed header on a plain one);
+anything else is refused unread. Unsigned messages (Request, FetchRequest, FetchResponse) must
+name the authenticated sender as their replica, so a fetch is answered only to whoever asked.
 
 Sending. Each peer has one owned sender task draining a bounded FIFO of encoded frames. It packs
 whatever is queued (up to a frame/byte budget) into one POST over a shared keep-alive
@@ -27,6 +27,7 @@ import contextlib
 import logging
 import random
 import re
+import ssl
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
@@ -36,15 +37,16 @@ import aiohttp
 import msgpack
 from aiohttp import web
 
-from consensus.messages import Message
-from node.codec import MAX_FRAME_BYTES, CodecError, decode_message, encode_message
+from consensus.messages import FetchRequest, FetchResponse, Message, Request
+from node.codec import MAX_FRAME_BYTES, CodecError, check_nesting, decode_message, encode_message
 from node.config import NodeLimits
-from node.faults import FaultLayer
+from node.http import BadRequest, BodyTooLarge, json_error, read_body_limited
+from node.peerauth import FROM_HEADER as FROM_HEADER
+from node.peerauth import PeerAuth, Refusal
 
 log = logging.getLogger("medchain.transport")
 
 PEER_PATH = "/peer/msgs"
-FROM_HEADER = "X-Medchain-From"
 FRAMES_CONTENT_TYPE = "application/msgpack"
 MAX_FRAMES_PER_BODY = 100_000
 """A body holding more frames than this is refused whole (bounds per-request work)."""
@@ -53,36 +55,6 @@ _MAX_RESPONSE_BYTES = 64 * 1024
 _MAX_REASON_KEYS = 64
 """Distinct drop-reason counters kept; further reasons are counted under ``other``."""
 _INDEX = re.compile(r"\[\d+\]")
-
-
-def json_error(status: int, error: str, detail: object = None) -> web.Response:
-    """The uniform JSON error body of every medchain HTTP endpoint."""
-    return web.json_response({"error": error, "detail": detail}, status=status)
-
-
-class BodyTooLarge(Exception):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"request body exceeds {limit} bytes")
-        self.limit = limit
-
-
-async def read_body_limited(request: web.Request, limit: int) -> bytes:
-    """Read a request body, refusing (BodyTooLarge) as soon as it would exceed ``limit``.
-
-    Checks Content-Length first, then counts while streaming, so neither a lying header nor a
-    chunked upload can make us buffer more than ``limit`` bytes.
-    """
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise BodyTooLarge(limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class LogLimiter:
@@ -153,6 +125,8 @@ class LinkStats:
     consecutive_failures: int = 0
     last_error: str | None = None
     last_ok_monotonic: float | None = None
+    rtt_s: float | None = None
+    """Round trip of the last successful POST (send the batch, the peer's 204 back)."""
 
 
 class PeerLink:
@@ -167,6 +141,7 @@ class PeerLink:
         limits: NodeLimits,
         session: aiohttp.ClientSession,
         rng: random.Random,
+        auth: PeerAuth,
     ) -> None:
         self.peer_id = peer_id
         self.url = url.rstrip("/") + PEER_PATH
@@ -177,7 +152,7 @@ class PeerLink:
         self._rng = rng
         self._queue: deque[bytes] = deque()
         self._wake = asyncio.Event()
-        self._headers = {FROM_HEADER: str(self_id), "Content-Type": FRAMES_CONTENT_TYPE}
+        self._auth = auth
 
     @property
     def queued(self) -> int:
@@ -239,8 +214,11 @@ class PeerLink:
     async def _post(self, batch: list[bytes]) -> str:
         """POST one batch; returns ok, retry (transient failure) or reject (peer refused it)."""
         body = msgpack.packb(batch, use_bin_type=True)
+        started = time.monotonic()
+        headers = self._auth.headers(self.peer_id, body)
+        headers["Content-Type"] = FRAMES_CONTENT_TYPE
         try:
-            async with self._session.post(self.url, data=body, headers=self._headers) as resp:
+            async with self._session.post(self.url, data=body, headers=headers) as resp:
                 status = resp.status
                 detail = await _short_response(resp)
         except asyncio.CancelledError:
@@ -257,6 +235,7 @@ class PeerLink:
             s.consecutive_failures = 0
             s.last_error = None
             s.last_ok_monotonic = time.monotonic()
+            s.rtt_s = s.last_ok_monotonic - started
             s.sent_frames += len(batch)
             s.sent_batches += 1
             s.sent_bytes += len(body)
@@ -303,9 +282,12 @@ async def _short_response(resp: aiohttp.ClientResponse) -> str:
     return data.decode("utf-8", "replace")[:200]
 
 
-Deliver = Callable[[int, Message, int], bool]
-"""Hands a decoded message (sender id, message, frame size in bytes) to the node; returns
-False if the node had to drop it."""
+_UNSIGNED = (Request, FetchRequest, FetchResponse)
+
+Deliver = Callable[[int, Message, bytes], bool]
+"""Hands a decoded message (sender id, message, the frame it was decoded from) to the node;
+returns False if the node had to drop it. The node may keep the frame to persist the message
+without encoding it again."""
 
 
 class Transport:
@@ -322,16 +304,18 @@ class Transport:
         peers: Mapping[int, str],
         limits: NodeLimits,
         deliver: Deliver,
+        auth: PeerAuth,
+        ssl_context: ssl.SSLContext | None = None,
         rng: random.Random | None = None,
-        faults: FaultLayer | None = None,
     ) -> None:
         if self_id in peers:
             raise ValueError("peers must not include this node")
         self.self_id = self_id
+        self.auth = auth
+        self._ssl = ssl_context
         self._peer_urls = dict(peers)
         self._limits = limits
         self._deliver = deliver
-        self._faults = faults
         self._rng = rng or random.Random()
         self._session: aiohttp.ClientSession | None = None
         self._links: dict[int, PeerLink] = {}
@@ -353,7 +337,9 @@ class Transport:
         timeout = aiohttp.ClientTimeout(total=self._limits.peer_timeout_ms / 1000.0)
         # One pooled connection per peer is enough (one request in flight per link); keep-alive
         # is aiohttp's default, so the TCP connection persists across batches.
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=2)
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=2, ssl=self._ssl if self._ssl is not None else True
+        )
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=timeout, raise_for_status=False
         )
@@ -365,6 +351,7 @@ class Transport:
                 limits=self._limits,
                 session=self._session,
                 rng=self._rng,
+                auth=self.auth,
             )
             self._links[peer_id] = link
             self._tasks.append(asyncio.create_task(link.run(), name=f"peer-{peer_id}-sender"))
@@ -383,31 +370,41 @@ class Transport:
 
     # ------------------------------------------------------------------ sending
 
-    def send(self, dest: int | None, msg: Message) -> None:
-        """Queue ``msg`` for ``dest`` (None: every peer). Encoded once, never blocks."""
-        targets = list(self._links.values()) if dest is None else [self._links.get(dest)]
-        if dest is not None and targets[0] is None:
-            self.send_encode_errors.add("unknown_destination")
-            return
+    def send(self, dest: int | None, msg: Message, frame: bytes | None = None) -> None:
+        """Queue ``msg`` for ``dest`` (None: every peer); never blocks. ``frame``: its encoding
+        when the caller has it already (persisted in the same round), else encoded here, once
+        for every peer."""
+        if frame is None:
+            frame = self.encode(msg)
+        if frame is not None:
+            self.send_frame(dest, frame)
+
+    def encode(self, msg: Message) -> bytes | None:
+        """``msg`` as a frame; None (counted and logged) if it cannot be encoded."""
         try:
-            frame = encode_message(msg)
+            return encode_message(msg)
         except (CodecError, TypeError) as e:
             # Our own message too large (or a bug): never crash the node over one message.
             self.send_encode_errors.add(type(msg).__name__)
             self._log_limit(log, logging.ERROR, "encode", "cannot encode %s: %s", msg, e)
+            return None
+
+    def send_frame(self, dest: int | None, frame: bytes) -> None:
+        """Queue an encoded frame for ``dest`` (None: every peer); never blocks."""
+        if dest is None:
+            for each in self._links.values():
+                each.enqueue(frame)
             return
-        for link in targets:
-            if link is None:
-                continue
-            if self._faults is None:
-                link.enqueue(frame)
-                continue
-            # Fault injection: drop, duplicate, or enqueue later (delay, reorder).
-            for delay_s, out in self._faults.on_send(link.peer_id, frame):
-                if delay_s > 0:
-                    asyncio.get_running_loop().call_later(delay_s, link.enqueue, out)
-                else:
-                    link.enqueue(out)
+        link = self._links.get(dest)
+        if link is None:
+            self.send_encode_errors.add("unknown_destination")
+            return
+        link.enqueue(frame)
+
+    @property
+    def peer_ids(self) -> list[int]:
+        """The peers this node has a link to (once started), in id order."""
+        return list(self._links)
 
     # ------------------------------------------------------------------ receiving
 
@@ -415,29 +412,28 @@ class Transport:
         app.router.add_post(PEER_PATH, self.handle_msgs)
 
     async def handle_msgs(self, request: web.Request) -> web.Response:
-        raw_from = request.headers.get(FROM_HEADER)
-        if raw_from is None or not raw_from.isdigit() or len(raw_from) > 6:
-            self.rejected.add("bad_sender_header")
-            return json_error(400, "bad sender header", f"{FROM_HEADER} must be a replica id")
-        sender = int(raw_from)
-        if sender not in self._peer_urls:
-            self.rejected.add("unknown_sender")
-            self._log_limit(
-                log,
-                logging.WARNING,
-                "unknown_sender",
-                "refused frames from unknown sender %d",
-                sender,
-            )
-            return json_error(403, "unknown sender", f"replica {sender} is not a peer of this node")
+        who = self.auth.identify(request)
+        if isinstance(who, Refusal):
+            return self._refuse(request, who)
+        sender = who.replica
         if request.content_type != FRAMES_CONTENT_TYPE:
             self.rejected.add("content_type")
             return json_error(415, "unsupported content type", f"expected {FRAMES_CONTENT_TYPE}")
         try:
-            body = await read_body_limited(request, self._limits.peer_max_body_bytes)
+            body = await read_body_limited(
+                request,
+                self._limits.peer_max_body_bytes,
+                timeout_s=self._limits.body_timeout_ms / 1000.0,
+            )
         except BodyTooLarge as e:
             self.rejected.add("body_too_large")
-            return json_error(413, "body too large", str(e))
+            return e.response()
+        except BadRequest as e:
+            self.rejected.add("body_too_slow")
+            return e.response()
+        mismatch = self.auth.check_body(who, body)
+        if mismatch is not None:
+            return self._refuse(request, mismatch)
         frames = self._split_frames(body)
         if isinstance(frames, str):
             self.rejected.add("malformed_body")
@@ -450,11 +446,33 @@ class Transport:
             self._receive_frame(sender, frame)
         return web.Response(status=204)
 
+    def _refuse(self, request: web.Request, refusal: Refusal) -> web.Response:
+        """Refused before the body is decoded (before it is read, but for a signed body that
+        does not match its hash); the connection is closed so the body is not read either."""
+        self.rejected.add(refusal.reason)
+        peer = request.remote or "?"
+        self._log_limit(
+            log,
+            logging.WARNING,
+            f"auth:{refusal.reason}",
+            "refused peer POST from %s: %s (%s)",
+            peer,
+            refusal.reason,
+            refusal.detail,
+        )
+        resp = json_error(refusal.status, "peer not authenticated", refusal.detail)
+        resp.force_close()
+        return resp
+
     @staticmethod
     def _split_frames(body: bytes) -> list[object] | str:
         """The body's frames, or the reason it is not a msgpack array of frames."""
         if not body:
             return "empty body"
+        try:
+            check_nesting(body, 1, "body")  # an array of bins: nothing nests inside it
+        except CodecError as e:
+            return e.reason
         try:
             frames = msgpack.unpackb(
                 body,
@@ -476,9 +494,6 @@ class Transport:
         if type(frame) is not bytes:
             self.dropped_frames.add("frame_not_bytes")
             return
-        if self._faults is not None and not self._faults.on_receive(sender, frame):
-            self.dropped_frames.add("fault_injected")
-            return
         try:
             msg = decode_message(frame)
         except CodecError as e:
@@ -488,8 +503,13 @@ class Transport:
                 log, logging.WARNING, f"codec:{key}", "dropped frame from %d: %s", sender, e.reason
             )
             return
+        if isinstance(msg, _UNSIGNED) and msg.replica != sender:
+            # Unsigned: only the authenticated link says who sent it. A fetch naming another
+            # replica would make us send blocks to a third party (an amplifier).
+            self.dropped_frames.add("replica_not_sender")
+            return
         self.received_frames += 1
-        if not self._deliver(sender, msg, len(frame)):
+        if not self._deliver(sender, msg, frame):
             self.dropped_frames.add("inbox_full")
 
     # ------------------------------------------------------------------ status

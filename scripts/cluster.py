@@ -3,14 +3,15 @@
 A cluster directory (written by ``medchain init``) looks like::
 
     DIR/node{i}.toml          one config per node (the source of truth for ids, urls, data dirs)
-    DIR/keys/                 private keys, mode 0600 (never committed)
+    DIR/keys/                 private keys, mode 0600 in a 0700 directory (never committed)
+    DIR/tls/                  with --tls: ca.pem, node{i}.pem, client-hospital-{i}.pem
     DIR/data/node{i}/         each node's SQLite store
     DIR/logs/node{i}.log      each node's stdout and stderr (appended across restarts)
-    DIR/run/node{i}.pid       JSON {pid, create_time, config} of a running node
+    DIR/run/node{i}.pid       JSON {pid, start_ticks, create_time, config} of a running node
 
 ``ClusterProcesses`` is the one place that knows how to run node processes, so the CLI, the
 demo, the integration tests and fault tooling (kill -9, SIGSTOP/SIGCONT, restart, wipe) share it.
-Every node runs as ``python -m node.cli node --config FILE`` in its own process group, so a
+Every node runs as ``python -m node.main --config FILE`` in its own process group, so a
 signal reaches the whole node and nothing it spawned outlives it.
 
 A pid file alone proves nothing (the node may have crashed and the pid been reused): a node
@@ -20,6 +21,7 @@ at launch, and our command line.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
@@ -31,8 +33,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,15 +41,50 @@ from typing import Any
 import psutil
 
 from node.config import ConfigError, load_config
+from node.storeguard import voted_marker_path
+from scripts.client import probe_status
+from scripts.credentials import use_cluster_credentials
 
 DEFAULT_CLUSTER_DIR = Path(".medchain") / "cluster"
+NODE_MODULE = "node.main"
+"""The node's entry point: what nodes run as (``python -m``), and how they are recognised."""
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 STATUS_HTTP_TIMEOUT_S = 2.0
 LOCK_TIMEOUT_S = 30.0
 LOG_TAIL_LINES = 20
 _CONFIG_NAME = re.compile(r"^node(\d+)\.toml$")
-_CREATE_TIME_SLACK_S = 0.05
+_CREATE_TIME_SLACK_S = 1.5
+"""Where the start time in clock ticks cannot be read: psutil's create_time adds the boot time
+the kernel reports now, which moves by a second when the wall clock is adjusted."""
+
+
+def start_ticks(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (Linux: field 22 of /proc/PID/stat),
+    or None where that cannot be read. Fixed for the process's life, unlike psutil's
+    create_time, which a second process can compute a second apart from the launcher (it adds
+    the boot time the kernel reports now, which moves when the wall clock is adjusted): a
+    running node was then taken for a reused pid, skipped by ``down`` and left running."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()  # the command name may hold spaces
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _same_process(proc: psutil.Process, record: dict[str, Any]) -> bool:
+    """Is ``proc`` the process the pid file was written for (not a reused pid)?"""
+    recorded = record.get("start_ticks")
+    if isinstance(recorded, int):
+        now = start_ticks(proc.pid)
+        if now is not None:
+            return now == recorded
+    created = float(proc.create_time())
+    return abs(created - float(record.get("create_time", -1))) <= _CREATE_TIME_SLACK_S
 
 
 class ClusterError(RuntimeError):
@@ -65,10 +100,8 @@ class NodeSpec:
     host: str
     port: int
     data_dir: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    url: str
+    """The node's base URL as the consortium lists it (https:// with TLS)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +150,22 @@ class ClusterLayout:
     def operator_key(self) -> Path:
         return self.keys_dir / "operator.key"
 
+    @property
+    def tls_dir(self) -> Path:
+        return self.root / "tls"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.tls_dir / "ca.pem"
+
+    def cert(self, name: str) -> Path:
+        """The certificate of ``node{i}`` or ``client-{hospital}``."""
+        return self.tls_dir / f"{name}.pem"
+
+    def tls_key(self, name: str) -> Path:
+        """The PKCS#8 PEM private key of ``cert(name)`` (``ca`` for the CA's)."""
+        return self.keys_dir / f"{name}.tls.pem"
+
     def data_dir(self, i: int) -> Path:
         return self.data_root / f"node{i}"
 
@@ -157,19 +206,16 @@ def read_node_spec(config_path: Path, index: int) -> NodeSpec:
         host=config.host,
         port=config.port,
         data_dir=config.data_dir,
+        url=config.self_url,
     )
 
 
 def fetch_status(url: str, timeout: float = STATUS_HTTP_TIMEOUT_S) -> dict[str, Any] | None:
-    """GET {url}/status as a dict, or None if the node does not answer (yet) or answers badly."""
-    try:
-        with urllib.request.urlopen(f"{url}/status", timeout=timeout) as resp:
-            if resp.status != 200:
-                return None
-            body = json.loads(resp.read(1 << 20))
-    except (OSError, urllib.error.URLError, ValueError):
-        return None
-    return body if isinstance(body, dict) else None
+    """GET {url}/status as a dict, or None if the node does not answer (yet) or answers badly.
+
+    For synchronous callers (the launcher, tests); a coroutine awaits
+    ``scripts.client.probe_status`` instead."""
+    return asyncio.run(probe_status(url, timeout))
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -196,6 +242,8 @@ class ClusterProcesses:
 
     def __init__(self, root: Path, *, python: str = sys.executable) -> None:
         self.layout = ClusterLayout(root)
+        # A tool that manages this cluster talks to its nodes with its credentials.
+        use_cluster_credentials(self.layout.root)
         self.python = python
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._lock_depth = 0
@@ -253,14 +301,13 @@ class ClusterProcesses:
             proc = psutil.Process(record["pid"])
             if proc.status() == psutil.STATUS_ZOMBIE:
                 return None
-            recorded = float(record.get("create_time", -1))
-            if abs(proc.create_time() - recorded) > _CREATE_TIME_SLACK_S:
+            if not _same_process(proc, record):
                 return None  # the pid was reused by another process
             cmdline = proc.cmdline()
         except (psutil.Error, TypeError, ValueError):
             return None
         config = str(self.layout.config_path(i))
-        if "node.cli" not in cmdline or config not in cmdline:
+        if NODE_MODULE not in cmdline or config not in cmdline:
             return None
         return proc
 
@@ -323,7 +370,7 @@ class ClusterProcesses:
     # ------------------------------------------------------------------------------ lifecycle
 
     def command(self, i: int) -> list[str]:
-        return [self.python, "-m", "node.cli", "node", "--config", str(self.layout.config_path(i))]
+        return [self.python, "-m", NODE_MODULE, "--config", str(self.layout.config_path(i))]
 
     def start(self, i: int) -> int:
         """Start node i in the background unless it already runs; return its pid.
@@ -335,11 +382,14 @@ class ClusterProcesses:
             existing = self._process(i)
             if existing is not None:
                 return int(existing.pid)
-            self.layout.logs_dir.mkdir(parents=True, exist_ok=True)
-            spec.data_dir.mkdir(parents=True, exist_ok=True)
+            self.layout.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            spec.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             log_path = self.layout.log_path(i)
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            with log_path.open("ab") as log:
+            # Node logs name patients' record ids: 0600, like the data they describe.
+            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "ab") as log:
                 stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
                 log.write(f"--- medchain launcher: starting node {i} at {stamp}\n".encode())
                 log.flush()
@@ -357,7 +407,12 @@ class ClusterProcesses:
                 create_time = psutil.Process(child.pid).create_time()
             except psutil.Error:
                 create_time = -1.0  # already gone: wait_ready reports it with the log tail
-            record = {"pid": child.pid, "create_time": create_time, "config": str(spec.config_path)}
+            record = {
+                "pid": child.pid,
+                "start_ticks": start_ticks(child.pid),
+                "create_time": create_time,
+                "config": str(spec.config_path),
+            }
             _write_atomic(self.layout.pid_path(i), json.dumps(record) + "\n")
             return child.pid
 
@@ -469,6 +524,9 @@ class ClusterProcesses:
                 raise ClusterError(f"node {i} is running; stop it before wiping its data")
             if spec.data_dir.exists():
                 shutil.rmtree(spec.data_dir)
+            # The operator asked for a blank node: its "voted" marker goes too, or the node
+            # would (rightly) refuse to start on the empty store.
+            voted_marker_path(spec.data_dir).unlink(missing_ok=True)
 
     # -------------------------------------------------------------------------------- helpers
 

@@ -25,19 +25,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from node.cli import (
-    CliError,
-    SubmitTarget,
-    cluster_status,
-    consortium_from_config,
-    init_cluster,
-    submit_records,
-    synthetic_records,
-    verify_node,
-)
 from node.config import load_config
 from node.crypto import load_key
+from scripts.cli import cluster_status
 from scripts.cluster import ClusterError, ClusterProcesses, hospital_id
+from scripts.output import CliError
+from scripts.provision import init_cluster
+from scripts.submit import SubmitTarget, submit_records, synthetic_records
+from scripts.verify import consortium_from_config, verify_node
 
 CONVERGE_TIMEOUT_S = 60.0
 SUBMIT_TIMEOUT_S = 120.0
@@ -136,7 +131,8 @@ def verify_every_node(procs: ClusterProcesses) -> None:
     failed = []
     for spec in procs.specs():
         config = load_config(spec.config_path)
-        result = verify_node(spec.url, consortium_from_config(config, str(spec.config_path)))
+        keys = consortium_from_config(config, str(spec.config_path))
+        result = asyncio.run(verify_node(spec.url, keys))
         verdict = "[green]valid[/]" if result.ok else f"[red]block {result.first_bad_height}: "
         if not result.ok:
             verdict += f"{result.reason}[/]"

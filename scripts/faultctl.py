@@ -6,7 +6,7 @@
     medchain fault kill|stop|cont|restart|wipe --dir DIR --node I
 
 ``apply``/``clear``/``list`` talk to the nodes' fault layers through the operator-signed admin
-API (node/admin.py), signing with ``DIR/keys/operator.key``; the nodes must run with
+API (node/faults/admin.py), signing with ``DIR/keys/operator.key``; the nodes must run with
 ``[faults] enabled = true``. Process faults go through the launcher (scripts/cluster.py):
 kill = SIGKILL, stop = SIGSTOP, cont = SIGCONT, restart = graceful stop then start, wipe = kill,
 erase the node's data, start it again empty (unless ``--keep-down``) so that it rejoins by state
@@ -31,9 +31,19 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from node.admin import ACTION_CLEAR, ACTION_FAULT, ACTION_LIST, sign_admin_request
 from node.crypto import KeyFileError, load_key
-from node.faults import FAULT_KINDS, ByzantineMode, Direction, FaultError, parse_fault
+from node.faults import (
+    ACTION_CLEAR,
+    ACTION_FAULT,
+    ACTION_LIST,
+    FAULT_KINDS,
+    ByzantineMode,
+    Direction,
+    FaultError,
+    parse_fault,
+    sign_admin_request,
+)
+from scripts.client import read_bounded
 from scripts.cluster import (
     DEFAULT_CLUSTER_DIR,
     STARTUP_TIMEOUT_S,
@@ -41,6 +51,7 @@ from scripts.cluster import (
     ClusterLayout,
     ClusterProcesses,
 )
+from scripts.credentials import client_session
 
 ADMIN_TIMEOUT_S: Final = 5.0
 MAX_RESPONSE_BYTES: Final = 1 << 20
@@ -107,7 +118,7 @@ class AdminClient:
                     f"{base}/admin/{action}", json=fields, headers=headers, timeout=self._timeout
                 )
             async with req as resp:
-                raw = await read_response(resp, MAX_RESPONSE_BYTES)
+                raw = await read_bounded(resp, MAX_RESPONSE_BYTES)
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
             reason = str(e) or type(e).__name__
@@ -124,20 +135,6 @@ class AdminClient:
                 message = raw[:200].decode("utf-8", "replace") or "empty response"
             raise AdminRequestError(node, status, message)
         return body
-
-
-async def read_response(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole response body, refusing (ValueError) one larger than ``limit`` bytes."""
-    if resp.content_length is not None and resp.content_length > limit:
-        raise ValueError(f"response of {resp.content_length} bytes exceeds {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise ValueError(f"response exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def load_operator_key(root: Path) -> bytes:
@@ -216,7 +213,7 @@ async def _fan_out(
     """Send one admin action to every target node concurrently; one result row per node."""
     targets = _targets(node_urls(root), nodes)
     secret = load_operator_key(root)
-    async with aiohttp.ClientSession() as session:
+    async with client_session() as session:
         client = AdminClient(session, secret)
 
         async def one(i: int, url: str) -> dict[str, Any]:

@@ -5,10 +5,16 @@ when, to which node, whether the node accepted it, and whether (and where) it la
 transaction committed. After the cluster has healed and settled, the runner fetches every
 honest node's chain over HTTP and hands both to the checks here:
 
+* ``accepted_committed``: every transaction an honest node accepted with 202 is on every
+  honest node's chain exactly once by the end of the settle time, whether or not the client
+  saw its commit; each one that is not is reported with its id, the node that accepted it and
+  what happened to that node (killed, restarted, wiped, partitioned: from the timeline);
 * ``acked_commits_durable``: every transaction whose commit the client saw acknowledged by an
   honest node is on every honest node's chain, exactly once;
 * ``commit_heights_match``: at the height that node reported;
-* ``exactly_once``: no transaction appears twice on any honest chain;
+* ``exactly_once``: no transaction executes twice on any honest chain. The rule is
+  ``consensus.execution``'s: a repeat inside a batch re-issued by a later view is a no-op (the
+  transaction counts at its first height); any other repeat is a violation;
 * ``no_phantom_txs``: every transaction on a chain is one the client submitted;
 * ``chains_agree``: at every height two honest chains both have, they hold the same block;
 * ``chains_converged``: every honest chain has the same head;
@@ -29,17 +35,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import aiohttp
-
+from consensus.execution import RepeatCheck
 from node.ledger import (
     Block,
     BlockJsonError,
     ChainReport,
     ClientRegistry,
     block_from_json,
+    certificate_view,
     verify_chain,
 )
-from scripts.faultctl import read_response
+from scripts.client import NO_RETRY, NodeClient, NodeError
 
 MAX_EXAMPLES: Final = 20
 """Violations quoted per check (the count is always exact)."""
@@ -48,6 +54,8 @@ MAX_CHAIN_BLOCKS: Final = 1_000_000
 """Refuse to fetch longer chains than this from one node (bounds memory and time)."""
 FETCH_TIMEOUT_S: Final = 10.0
 MAX_PAGE_BYTES: Final = 256 * 1024 * 1024
+MAX_UNCOMMITTED_LISTED: Final = 1000
+"""Accepted-but-uncommitted transactions listed one by one in a report (the count is exact)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +89,10 @@ class BlockSummary:
     height: int
     block_hash: str
     tx_ids: tuple[str, ...]
+    batch_view: int = 0
+    """The view that proposed the batch."""
+    certificate_view: int = 0
+    """The view of its commit certificate: later than ``batch_view`` for a re-issued batch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,13 +128,7 @@ def check_history(
     """Checks of the client's history against the honest nodes' chains (``chains``: node ->
     blocks in height order; only honest nodes). Commits the client saw from a node outside
     ``chains`` (a byzantine node) prove nothing and are not held against the cluster."""
-    where: dict[int, dict[str, list[int]]] = {}
-    for node, blocks in chains.items():
-        index: dict[str, list[int]] = defaultdict(list)
-        for b in blocks:
-            for tx in b.tx_ids:
-                index[tx].append(b.height)
-        where[node] = index
+    where = {node: _executed_at(blocks) for node, blocks in chains.items()}
     seen_commits = [r for r in records if r.committed and r.commit_node in chains]
     return [
         _durable(seen_commits, where),
@@ -130,6 +136,90 @@ def check_history(
         _exactly_once(where),
         _no_phantoms(records, where),
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class Uncommitted:
+    """A transaction an honest node accepted (202) that is not on every honest chain once."""
+
+    tx_id: str
+    node: int
+    """The node that accepted it."""
+    ack_s: float
+    where: str
+    """Where it is missing, or repeated."""
+    fate: str
+    """What happened to the accepting node during the run ("no fault" if nothing)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def uncommitted(
+    records: Sequence[TxRecord],
+    chains: Mapping[int, Sequence[BlockSummary]],
+    fates: Mapping[int, Sequence[str]],
+) -> list[Uncommitted]:
+    """Every transaction an honest node accepted with 202 that is not exactly once on every
+    honest chain (``chains`` holds only honest nodes; a 202 from a node left out of them, a
+    byzantine one, promises nothing). ``fates``: node -> what the timeline did to it."""
+    where = {node: _executed_at(blocks) for node, blocks in chains.items()}
+    out = []
+    for r in records:
+        if r.ack_s is None or r.node is None or r.node not in chains:
+            continue
+        wrong = []
+        for node, index in sorted(where.items()):
+            heights = index.get(r.tx_id, [])
+            if len(heights) != 1:
+                wrong.append(f"node {node}: " + ("missing" if not heights else f"at {heights}"))
+        if wrong:
+            fate = "; ".join(fates.get(r.node, ())) or "no fault"
+            out.append(Uncommitted(r.tx_id, r.node, r.ack_s, ", ".join(wrong), fate))
+    return out
+
+
+def check_accepted(
+    records: Sequence[TxRecord],
+    chains: Mapping[int, Sequence[BlockSummary]],
+    fates: Mapping[int, Sequence[str]],
+) -> tuple[CheckResult, list[Uncommitted]]:
+    """``accepted_committed``: the check and the transactions that fail it."""
+    lost = uncommitted(records, chains, fates)
+    accepted = sum(1 for r in records if r.ack_s is not None and r.node in chains)
+    if not lost:
+        detail = f"all {accepted} transactions accepted by honest nodes are on every honest chain"
+        return CheckResult("accepted_committed", True, detail), lost
+    by_node = Counter(u.node for u in lost)
+    summary = "; ".join(
+        f"{count} accepted by node {node} ({'; '.join(fates.get(node, ())) or 'no fault'})"
+        for node, count in sorted(by_node.items())
+    )
+    examples = tuple(
+        f"tx {u.tx_id} accepted by node {u.node} at t={u.ack_s:.2f}s: {u.where} "
+        f"(node {u.node}: {u.fate})"
+        for u in lost[:MAX_EXAMPLES]
+    )
+    detail = f"{len(lost)} of {accepted} accepted transactions not committed once: {summary}"
+    return CheckResult("accepted_committed", False, detail, examples), lost
+
+
+def _executed_at(blocks: Sequence[BlockSummary]) -> dict[str, list[int]]:
+    """tx id -> the heights where the chain executes it: its first height, and the height of
+    every repeat the rule forbids; a legitimate repeat (a re-issued batch) is a no-op."""
+    index: dict[str, list[int]] = defaultdict(list)
+    check = RepeatCheck[str]()
+    last = 0
+    for b in blocks:
+        if b.height <= last:
+            continue  # out of order: the chain fails chains_verify; judge the rest in order
+        last = b.height
+        verdict = check.observe(b.height, b.batch_view, b.certificate_view, b.tx_ids)
+        forbidden = {v.tx_id for v in verdict.violations}
+        for tx in b.tx_ids:
+            if check.first_seq(tx) == b.height or tx in forbidden:
+                index[tx].append(b.height)
+    return index
 
 
 def _durable(seen: Sequence[TxRecord], where: Mapping[int, Mapping[str, list[int]]]) -> CheckResult:
@@ -240,7 +330,14 @@ def history_stats(
 
 def summarize(blocks: Iterable[Block]) -> list[BlockSummary]:
     return [
-        BlockSummary(b.height, b.block_hash.hex(), tuple(t.hex() for t in b.tx_ids)) for b in blocks
+        BlockSummary(
+            b.height,
+            b.block_hash.hex(),
+            tuple(t.hex() for t in b.tx_ids),
+            batch_view=b.view,
+            certificate_view=certificate_view(b),
+        )
+        for b in blocks
     ]
 
 
@@ -259,34 +356,28 @@ def verify_served_chain(
 
 
 async def fetch_chain(
-    session: aiohttp.ClientSession, url: str, *, timeout_s: float = FETCH_TIMEOUT_S
+    nodes: NodeClient, url: str, *, timeout_s: float = FETCH_TIMEOUT_S
 ) -> list[dict[str, Any]]:
-    """Every block a node serves, with payloads (GET /blocks?from=&limit=&payload=1 pages).
+    """Every block the node at ``url`` serves, with payloads (GET /blocks?from=&limit=&payload=1
+    pages), over the connection pool of ``nodes``.
 
     Raises ``ChainFetchError`` naming the node's URL on any failure."""
+    client = nodes.at(url, retry=NO_RETRY, timeout_s=timeout_s, max_body_bytes=MAX_PAGE_BYTES)
     out: list[dict[str, Any]] = []
     start = 1
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
     while True:
-        params = {"from": str(start), "limit": str(BLOCKS_PAGE), "payload": "1"}
         try:
-            async with session.get(f"{url}/blocks", params=params, timeout=timeout) as resp:
-                raw = await read_response(resp, MAX_PAGE_BYTES)
-                if resp.status != 200:
-                    text = raw[:300].decode("utf-8", "replace")
-                    raise ChainFetchError(f"{url}: GET /blocks answered {resp.status}: {text}")
-                page = json.loads(raw)
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
-            raise ChainFetchError(f"{url}: cannot fetch blocks from {start}: {e!r}") from e
-        if not isinstance(page, dict) or not isinstance(page.get("blocks"), list):
-            raise ChainFetchError(f"{url}: GET /blocks answered an unexpected shape")
-        out.extend(page["blocks"])
-        nxt = page.get("next")
-        if nxt is None or not page["blocks"]:
+            page = await client.blocks(start, BLOCKS_PAGE, payload=True)
+        except NodeError as e:
+            raise ChainFetchError(f"{url}: cannot fetch blocks from {start}: {e}") from e
+        out.extend(page.blocks)
+        if page.next is None or not page.blocks:
             return out
-        if type(nxt) is not int or nxt <= start or len(out) > MAX_CHAIN_BLOCKS:
-            raise ChainFetchError(f"{url}: GET /blocks paging went wrong at {start} (next={nxt})")
-        start = nxt
+        if page.next <= start or len(out) > MAX_CHAIN_BLOCKS:
+            raise ChainFetchError(
+                f"{url}: GET /blocks paging went wrong at {start} (next={page.next})"
+            )
+        start = page.next
 
 
 class ChainFetchError(RuntimeError):

@@ -39,9 +39,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def run_cli(
     *args: str, timeout: float = CLI_TIMEOUT_S, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m node.cli ARGS`` as a subprocess (the installed code, as a user runs it)."""
+    """``python -m scripts.cli ARGS`` as a subprocess (the installed code, as a user runs it)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "node.cli", *args],
+        [sys.executable, "-m", "scripts.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -136,7 +136,15 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[[str], Cluster]]:
     for cluster in clusters:
         with contextlib.suppress(subprocess.TimeoutExpired):
             subprocess.run(
-                [sys.executable, "-m", "node.cli", "cluster", "down", "--dir", str(cluster.root)],
+                [
+                    sys.executable,
+                    "-m",
+                    "scripts.cli",
+                    "cluster",
+                    "down",
+                    "--dir",
+                    str(cluster.root),
+                ],
                 capture_output=True,
                 timeout=60,
                 stdin=subprocess.DEVNULL,

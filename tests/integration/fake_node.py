@@ -1,6 +1,6 @@
 """A stand-in node process for launcher tests: serves GET /status on its config's port.
 
-Run as ``python fake_node.py node.cli node --config FILE`` so its command line looks like a
+Run as ``python fake_node.py node.main --config FILE`` so its command line looks like a
 node's to ``ClusterProcesses``. FAKE_NODE_MODE selects a misbehaviour:
 ``crash`` exits at once with a message; ``ignore-term`` ignores SIGTERM (only SIGKILL works).
 """

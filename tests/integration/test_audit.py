@@ -26,17 +26,15 @@ from aiohttp.test_utils import TestServer
 
 from consensus.hashing import batch_digest, chain_link, merkle_root
 from consensus.messages import Commit
-from node.audit import AGREE, DIVERGED, INVALID, LAGGING, Auditor, AuditSettings
-from node.cli import SubmitTarget, init_cluster, submit_records, synthetic_records
+from node.audit.auditor import Auditor
+from node.audit.compare import AGREE, DIVERGED, INVALID, LAGGING
+from node.audit.evidence import evidence_from_json
+from node.audit.log import AuditLog
+from node.audit.served import parse_block_json
+from node.audit.settings import AuditSettings
+from node.audit.verify_evidence import conflict_signers, verify_evidence
 from node.config import NodeConfig, load_config
-from node.crypto import Signer, load_key
-from node.evidence import (
-    AuditLog,
-    conflict_signers,
-    evidence_from_json,
-    parse_block_json,
-    verify_evidence,
-)
+from node.crypto import NodeCrypto, Signer, load_key
 from node.ledger import (
     Block,
     ClientRegistry,
@@ -44,9 +42,13 @@ from node.ledger import (
     decode_block,
     make_transaction,
 )
+from node.reader import BlockReader, ReaderSettings
 from node.store import Store
-from scripts.audit import add_audit_parser, find_store_file
+from scripts.audit import add_audit_parser
+from scripts.audit.gather import find_store_file
 from scripts.cluster import ClusterLayout, ClusterProcesses, hospital_id
+from scripts.provision import init_cluster
+from scripts.submit import SubmitTarget, submit_records, synthetic_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -155,6 +157,11 @@ class Cluster:
         secret, _ = load_key(self.layout.node_key(i))
         return Signer(secret)
 
+    def replica_crypto(self, i: int) -> NodeCrypto:
+        """Signs consensus messages as replica ``i`` does: bound to the cluster id."""
+        secret, _ = load_key(self.layout.node_key(i))
+        return NodeCrypto(secret, self.configs[i].replica_publics)
+
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
@@ -189,26 +196,36 @@ def in_process_auditor(c: Cluster, store: Store, me: int, peers: dict[int, str])
     """An auditor with fast rounds whose body sample covers every block of these short chains
     (by default one random whole block per peer and round is checked)."""
     config = c.configs[me]
-    return Auditor(
-        node_id=me,
+    audit_log = AuditLog(None)
+    reader = BlockReader(
         store=store,
         consortium=config.replica_publics,
         registry=ClientRegistry(config.client_keys()),
-        signer=c.node_signer(me),
         peers=peers,
-        audit_log=AuditLog(None),
+        repair_log=audit_log,
+        settings=ReaderSettings(interval_ms=100),
+    )
+    return Auditor(
+        node_id=me,
+        reader=reader,
+        signer=c.node_signer(me),
+        audit_log=audit_log,
         settings=AuditSettings(interval_ms=100, body_sample_blocks=1000),
     )
 
 
 async def audit_rounds(auditor: Auditor, rounds: int) -> dict[str, Any]:
+    """Rounds of the reader (repairs, scrub) and the audit, as a node's two tasks run them."""
+    await auditor.reader.start(background=False)
     await auditor.start(background=False)
     try:
         for _ in range(rounds):
+            await auditor.reader.run_round()
             await auditor.run_round()
         return auditor.report()
     finally:
         await auditor.stop()
+        await auditor.reader.stop()
 
 
 def stored_raw(db: sqlite3.Connection, height: int) -> bytes:
@@ -355,7 +372,7 @@ def test_byzantine_peer_is_caught_with_offline_checkable_evidence(
     with_txs = blocks_with_txs(c, 0, height)
     assert len(with_txs) >= 2, f"need two blocks with transactions, chain is {height} long"
     target, forked = with_txs[0], with_txs[-1]
-    keys = [c.node_signer(i) for i in range(N_NODES)]
+    keys = [c.replica_crypto(i) for i in range(N_NODES)]
     client_secret, _ = load_key(c.layout.client_key(hospital_id(1)))
 
     def alter(doc: dict[str, Any]) -> dict[str, Any]:
@@ -378,6 +395,7 @@ def test_byzantine_peer_is_caught_with_offline_checkable_evidence(
                     return report
                 finally:
                     auditor.close()
+                    auditor.reader.close()
 
         report = asyncio.run(scenario())
     finally:
@@ -413,7 +431,7 @@ def test_byzantine_peer_is_caught_with_offline_checkable_evidence(
 
 
 def forge_certified(
-    doc: dict[str, Any], signers: list[Signer], client_secret: bytes
+    doc: dict[str, Any], signers: list[NodeCrypto], client_secret: bytes
 ) -> dict[str, Any]:
     """Another block at the same height: a different transaction, a valid certificate from
     ``signers`` (colluding replicas), linked to the same predecessor."""
@@ -485,6 +503,7 @@ def test_honest_nodes_at_different_heights_are_lagging_not_divergent(
             report = asyncio.run(audit_rounds(auditor, 2))
         finally:
             auditor.close()
+            auditor.reader.close()
         behind = store.head()[0]
     finally:
         store.close()

@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from scripts import bench
-from scripts.loadgen import TX_ACCEPTED, TX_REJECTED, BlockSeen, LoadResult, StatusSample
+from scripts.bench.loadspec import TX_ACCEPTED, TX_REJECTED, BlockSeen, LoadResult, StatusSample
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 150.0
@@ -35,17 +35,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _bench_command() -> list[str]:
-    """``python -m node.cli bench`` once the CLI has it, else ``python -m scripts.bench``."""
-    from node import cli
-
-    parser = cli.build_parser()
-    commands: set[str] = set()
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            commands |= set(action.choices)
-    if "bench" in commands:
-        return [sys.executable, "-m", "node.cli", "bench"]
-    return [sys.executable, "-m", "scripts.bench"]
+    """``medchain bench`` as a user runs it."""
+    return [sys.executable, "-m", "scripts.cli", "bench"]
 
 
 def _procs_mentioning(text: str) -> list[psutil.Process]:
@@ -135,7 +126,10 @@ def test_bench_run_writes_consistent_results(tmp_path: Path) -> None:
     assert result["committed_txs"] > 0
     assert result["accepted_txs"] == result["committed_txs"] + result["uncommitted_txs"]
     assert result["view_changes"] >= 0
-    assert result["observation_resolution_ms"] == 25
+    # Closed loop until commit: each commit time is the accepting node's long-poll answer,
+    # not a GET /status polling grid (which would be observation_resolution_ms = 25).
+    assert result["latency_from"] == "long-poll"
+    assert result["observation_resolution_ms"] is None
     assert not result["interrupted"]
     assert len(result["nodes"]) == 4
     for node in result["nodes"]:
@@ -147,7 +141,7 @@ def test_bench_run_writes_consistent_results(tmp_path: Path) -> None:
     assert manifest["seed"] == 1
     assert manifest["cpu_count"] == os.cpu_count()
     assert manifest["python"] == sys.version.split()[0]
-    assert manifest["cluster"]["consensus"]["max_batch_txs"] == manifest["parameters"]["batch"]
+    assert manifest["cluster"]["consensus"]["max_batch_txs"] == manifest["parameters"]["block_txs"]
 
     with (out / "timeline.csv").open() as fh:
         rows = list(csv.DictReader(fh))
@@ -168,22 +162,22 @@ def test_bench_run_writes_consistent_results(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_bench_sweep_writes_summary_and_plot(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
-    args = ["sweep", "--nodes", "4", "--batch", "50,100", "--duration", "2", "--warmup", "0.5"]
+    args = ["sweep", "--nodes", "4", "--block-txs", "50,100", "--duration", "2", "--warmup", "0.5"]
     proc = _run([*args, "--rate", "200", "--drain", "5", "--out", str(out), "--json"], out)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert json.loads(proc.stdout) == summary
-    assert summary["varying"] == ["batch"]
+    assert summary["varying"] == ["block_txs"]
     points = summary["points"]
-    assert [p["batch"] for p in points] == [50, 100]
+    assert [p["block_txs"] for p in points] == [50, 100]
     assert all(p["status"] == "ok" and p["throughput_tx_per_s"] > 0 for p in points)
     with (out / "summary.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["point"] for r in rows] == ["batch50", "batch100"]
+    assert [r["point"] for r in rows] == ["block50", "block100"]
     _assert_png(out / "sweep_throughput.png")
     for p in points:
         result = json.loads((Path(p["dir"]) / "result.json").read_text())
-        assert result["manifest"]["cluster"]["consensus"]["max_batch_txs"] == p["batch"]
+        assert result["manifest"]["cluster"]["consensus"]["max_batch_txs"] == p["block_txs"]
         _assert_latency_sane(result["latency_ms"])
 
 
@@ -264,10 +258,10 @@ def _parse(*argv: str) -> argparse.Namespace:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--batch", "100,500"], "use `medchain bench sweep`"),
+        (["--block-txs", "100,500"], "use `medchain bench sweep`"),
         (["--rate", "10", "--concurrency", "2"], "exclude each other"),
         (["--count", "10", "--duration", "2"], "exclude each other"),
-        (["--nodes", "http://127.0.0.1:1", "--batch", "10"], "cluster-side parameter"),
+        (["--nodes", "http://127.0.0.1:1", "--block-txs", "10"], "cluster-side parameter"),
         (["--nodes", "3"], "--nodes must be in 4..64"),
         (["--payload-size", "100000"], "--payload-size must be in"),
         (["--nodes", "ftp://x:1"], "is not an http(s)://host:port URL"),
@@ -282,11 +276,11 @@ def test_bad_parameters_are_refused(argv: list[str], message: str) -> None:
 
 def test_sweep_is_the_cartesian_product_in_order() -> None:
     points, varying = bench.build_points(
-        _parse("sweep", "--nodes", "4,7", "--batch", "100,500", "--rate", "300")
+        _parse("sweep", "--nodes", "4,7", "--block-txs", "100,500", "--rate", "300")
     )
-    assert varying == ["nodes", "batch"]
-    assert [(p.nodes, p.batch) for p in points] == [(4, 100), (4, 500), (7, 100), (7, 500)]
-    assert [p.label(varying) for p in points][:2] == ["n4-batch100", "n4-batch500"]
+    assert varying == ["nodes", "block_txs"]
+    assert [(p.nodes, p.block_txs) for p in points] == [(4, 100), (4, 500), (7, 100), (7, 500)]
+    assert [p.label(varying) for p in points][:2] == ["n4-block100", "n4-block500"]
     assert all(p.rate == 300 and p.concurrency is None for p in points)
     assert points[0].client_batch == 2  # open loop default: about 200 requests a second
 
@@ -295,20 +289,35 @@ def test_defaults_are_a_closed_loop_on_four_nodes() -> None:
     (p,), varying = bench.build_points(_parse())
     assert varying == []
     assert (p.nodes, p.concurrency, p.rate, p.duration_s) == (4, 8, None, 10.0)
-    assert p.batch == 500 and p.payload_size == 1024
+    assert p.block_txs == 500 and p.payload_size == 1024
 
 
 SCENARIO = """
-name = "bench-kill-backup"
-description = "kill one backup for 2 s while the bench runs"
+name = "bench-restarts"
+description = "restart three nodes in turn, then kill the fourth for 1.5 s, while the bench runs"
 nodes = 4
-duration_s = 6
+duration_s = 12
 
 [[timeline]]
-at = 1
+at = 0.5
+fault = "restart"
+nodes = 1
+
+[[timeline]]
+at = 3.5
+fault = "restart"
+nodes = 2
+
+[[timeline]]
+at = 6.5
+fault = "restart"
+nodes = 3
+
+[[timeline]]
+at = 9.5
 fault = "kill"
-nodes = ["backup:1"]
-duration_s = 2
+nodes = 0
+duration_s = 1.5
 """
 
 
@@ -316,14 +325,29 @@ def test_bench_runs_a_fault_scenario_and_reports_it(tmp_path: Path) -> None:
     scenario = tmp_path / "kill.toml"
     scenario.write_text(SCENARIO)
     out = tmp_path / "out"
-    args = ["--nodes", "4", "--duration", "5", "--warmup", "1", "--scenario", str(scenario)]
+    args = ["--nodes", "4", "--duration", "12", "--warmup", "1", "--scenario", str(scenario)]
     proc = _run([*args, "--out", str(out), "--json"], out)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "result.json").read_text())
     assert result["committed_txs"] > 0
     faults = result["scenario"]["faults"]
-    assert [(f["kind"], f["error"]) for f in faults] == [("kill", None)]
-    assert faults[0]["healed_s"] is not None, "the bench heals the scenario's faults"
+    assert [(f["kind"], f["error"]) for f in faults] == [("restart", None)] * 3 + [("kill", None)]
+    assert all(f["healed_s"] is not None for f in faults), "the bench heals the scenario's faults"
+    # Every node's process exited once, never all at once: the process monitor follows the
+    # launcher's restarts instead of stopping the load for a dead cluster.
+    assert not any("down at once" in w for w in result["warnings"]), result["warnings"]
+    # The launcher runs process faults one at a time, so on a loaded machine later steps slip;
+    # a step that began after the load ended is named as such, and every node whose fault was
+    # over a sample interval before the end was seen to exit and come back.
+    end_s = result["load_end_s"]
+    late = [f for f in faults if f["start_s"] >= end_s]
+    assert sum("after the load ended" in w for w in result["warnings"]) == len(late)
+    seen = {int(w.split()[1]) for w in result["warnings"] if "was started again" in w}
+    due = {f["nodes"][0] for f in faults if f["healed_s"] < end_s - 1.0}
+    assert faults[0]["nodes"] == [1] and 1 in due, faults
+    assert due <= seen <= {0, 1, 2, 3}, (faults, result["warnings"])
+    gap = result["commit_gap"]
+    assert gap["commits"] > 0 and gap["bound_s"] == 3.0 and gap["longest_s"] >= 0
 
 
 def test_an_invalid_scenario_is_refused_before_anything_starts(tmp_path: Path) -> None:
@@ -361,6 +385,7 @@ def _synthetic_result() -> LoadResult:
         origin_ns=origin,
         sent_ns=array("q", origin),
         acked_ns=array("q", origin),
+        acked_by=array("b", [0] * 4),
         committed_ns=committed,
         height=array("q", [1, 1, 2, 3]),
         outcome=array("b", [TX_ACCEPTED] * 4),

@@ -19,8 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from node.cli import init_cluster
-from scripts.cluster import ClusterError, ClusterProcesses, fetch_status
+from scripts.cluster import ClusterError, ClusterProcesses, fetch_status, start_ticks
+from scripts.provision import init_cluster
 
 FAKE_NODE = Path(__file__).with_name("fake_node.py")
 READY_TIMEOUT_S = 30.0
@@ -29,7 +29,7 @@ READY_TIMEOUT_S = 30.0
 class FakeCluster(ClusterProcesses):
     def command(self, i: int) -> list[str]:
         config = str(self.layout.config_path(i))
-        return [self.python, str(FAKE_NODE), "node.cli", "node", "--config", config]
+        return [self.python, str(FAKE_NODE), "node.main", "--config", config]
 
 
 @pytest.fixture
@@ -100,6 +100,42 @@ def test_stale_pid_files_are_not_mistaken_for_nodes(procs: FakeCluster) -> None:
     assert [procs.is_alive(i) for i in range(4)] == [False, False, False, False]
     assert procs.up(timeout=READY_TIMEOUT_S) == [0, 1, 2, 3]
     assert psutil.pid_exists(me.pid)  # never signalled
+
+
+def test_a_node_is_recognised_when_its_create_time_reads_a_second_apart(
+    procs: FakeCluster,
+) -> None:
+    """psutil's create_time adds the boot time the kernel reports at that moment, which moves
+    by a second when the wall clock is adjusted: another process then computes a start time a
+    second apart from the launcher's. `down` took such a node for a reused pid, deleted its
+    pid file and left it running. The start time in clock ticks does not move."""
+    assert procs.up([0], timeout=READY_TIMEOUT_S) == [0]
+    path = procs.layout.pid_path(0)
+    record = json.loads(path.read_text())
+    assert isinstance(record["start_ticks"], int)
+    pid = record["pid"]
+    record["create_time"] += 1.0
+    path.write_text(json.dumps(record))
+    fresh = FakeCluster(procs.root)  # another command: not the launcher's own child
+    assert fresh.is_alive(0) and fresh.pid(0) == pid
+    assert fresh.down(timeout=READY_TIMEOUT_S) == [0]
+    procs.stop(0)  # reap our child
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    # A pid file whose start ticks are not the process's is a reused pid, whatever the time.
+    me = psutil.Process()
+    ticks = start_ticks(me.pid)
+    assert ticks is not None
+    path.write_text(
+        json.dumps(
+            {
+                "pid": me.pid,
+                "start_ticks": ticks + 1,
+                "create_time": me.create_time(),
+                "config": str(procs.layout.config_path(0)),
+            }
+        )
+    )
+    assert not fresh.is_alive(0)
 
 
 def test_node_that_exits_at_startup_is_reported_with_its_log(

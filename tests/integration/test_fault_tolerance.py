@@ -32,7 +32,7 @@ def chain_tx_ids(url: str) -> list[str]:
 def submit(cluster: Cluster, node: int, count: int) -> subprocess.Popen[str]:
     args = f"submit --dir {cluster.root} --node-index {node} --count {count} --wait --json"
     return subprocess.Popen(
-        [sys.executable, "-m", "node.cli", *args.split(), "--timeout", "120"],
+        [sys.executable, "-m", "scripts.cli", *args.split(), "--timeout", "120"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -95,3 +95,53 @@ def test_a_node_started_late_with_an_empty_data_dir_catches_up(
     cluster.wait_converged(min_height=1)
     assert set(acked) <= set(chain_tx_ids(cluster.urls()[4]))
     assert run_cli_json("verify", "--node", cluster.urls()[4])["ok"] is True
+
+
+def _hold_batches(cluster: Cluster, batch_timeout_ms: int) -> None:
+    """Make the primary sit on a partial batch for ``batch_timeout_ms`` (so a transaction it
+    acknowledged is, for that long, nowhere but in its mempool and its pending table)."""
+    for path in sorted(cluster.root.glob("node*.toml")):
+        text = path.read_text()
+        assert "[consensus]" not in text
+        path.write_text(text + f"\n[consensus]\nbatch_timeout_ms = {batch_timeout_ms}\n")
+
+
+def test_a_primary_killed_right_after_acknowledging_commits_it_all_once_restarted(
+    make_cluster: Callable[[str], Cluster],
+) -> None:
+    """kill -9 the primary right after its 202, before it proposed; the others move to view 1
+    (a backup's own request times the dead primary out); the primary restarts in view 0 and
+    re-submits what it acknowledged: every acknowledged record commits on every node."""
+    cluster = make_cluster("ack-kill")
+    run_cli("init", "--nodes", "4", "--dir", str(cluster.root))
+    _hold_batches(cluster, 4000)
+    cluster.up()
+    acked = acknowledged(submit_no_wait(cluster, 0, 100))
+    assert len(acked) == 100
+    cluster.procs.kill(0)
+    other = acknowledged(submit(cluster, 1, 5))  # commits in view 1, after the backups' timers
+    s = fetch_status(cluster.urls()[1])
+    assert s is not None and s["view"] >= 1
+    cluster.up()  # restarts node 0 only
+    deadline = time.monotonic() + 60
+    missing: set[str] = set(acked)
+    while time.monotonic() < deadline and missing:
+        missing = set(acked) - set(chain_tx_ids(cluster.urls()[1]))
+        time.sleep(0.5)
+    assert not missing, f"{len(missing)} acknowledged records never committed"
+    cluster.wait_converged(min_height=1)
+    for url in cluster.urls():
+        on_chain = chain_tx_ids(url)
+        assert set(acked) | set(other) <= set(on_chain)
+        assert len(on_chain) == len(set(on_chain))
+
+
+def submit_no_wait(cluster: Cluster, node: int, count: int) -> subprocess.Popen[str]:
+    args = f"submit --dir {cluster.root} --node-index {node} --count {count} --json"
+    return subprocess.Popen(
+        [sys.executable, "-m", "scripts.cli", *args.split(), "--timeout", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )

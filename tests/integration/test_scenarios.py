@@ -144,15 +144,33 @@ def _kill_nodes_under(root: Path) -> list[int]:
     return killed
 
 
+@pytest.fixture(scope="module")
+def peak_tx_s(tmp_path_factory: pytest.TempPathFactory) -> float:
+    """The 4-node peak the shipped scenarios' ``load = 0.5`` refers to, measured once for the
+    module by ``medchain scenario peak`` (the same short bench ``scenario run`` would run)."""
+    out = tmp_path_factory.mktemp("peak")
+    cmd = [sys.executable, "-m", "scripts.cli", "scenario", "peak"]
+    cmd += [str(SCENARIO_DIR / "primary-crash.toml"), "--out", str(out), "--json"]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=SCENARIO_TIMEOUT_S, stdin=subprocess.DEVNULL
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [row] = json.loads(proc.stdout)
+    assert row["nodes"] == 4 and row["peak_tx_s"] > 0 and row["method"].startswith("medchain")
+    return float(row["peak_tx_s"])
+
+
 @pytest.mark.parametrize(
     "name", ["primary-crash", "minority-partition", "byzantine-equivocating-primary"]
 )
-def test_shipped_scenario_passes(name: str, scenario_dirs: tuple[Path, Path]) -> None:
+def test_shipped_scenario_passes_at_half_of_peak(
+    name: str, scenario_dirs: tuple[Path, Path], peak_tx_s: float
+) -> None:
     out, cluster_dir = scenario_dirs
     cmd = [
         sys.executable,
         "-m",
-        "node.cli",
+        "scripts.cli",
         "scenario",
         "run",
         str(SCENARIO_DIR / f"{name}.toml"),
@@ -162,6 +180,8 @@ def test_shipped_scenario_passes(name: str, scenario_dirs: tuple[Path, Path]) ->
         str(out),
         "--cluster-dir",
         str(cluster_dir),
+        "--peak",
+        str(peak_tx_s),
         "--json",
     ]
     proc = subprocess.run(
@@ -179,8 +199,15 @@ def test_shipped_scenario_passes(name: str, scenario_dirs: tuple[Path, Path]) ->
     # The run did what the file says, and the report carries what a reader needs.
     assert report["faults"] and all(f["error"] is None for f in report["faults"])
     assert all(f["healed_s"] is not None and f["recovery_s"] is not None for f in report["faults"])
+    load = report["load"]
+    assert load["source"] == "the scenario's load" and load["share_of_peak"] == 0.5
+    assert load["rate_tx_s"] == pytest.approx(peak_tx_s / 2, rel=0.01)
     stats = report["stats"]
     assert stats["commit_observed"] > 0 and stats["commit_observed"] <= stats["accepted"]
+    assert stats["accepted_uncommitted"] == 0 and report["accepted_uncommitted"]["count"] == 0
+    gap = report["commit_gap"]
+    assert gap["ok"] and gap["longest_s"] <= gap["bound_s"] == 3.0
+    assert all(f["throughput_tx_s"] is not None for f in report["faults"])
     assert sum(report["commits_per_second"]) == stats["commit_observed"]
     assert report["latency_ms"]["commit"]["p50"] is not None
     heights = set(report["heights"].values())

@@ -29,7 +29,7 @@ import nacl.exceptions
 import nacl.signing
 
 from consensus.config import ReplicaConfig
-from consensus.events import Committed, Event, Ready, Receive, Submit, Tick
+from consensus.events import Committed, Event, Ready, Receive, Retention, Submit, Tick
 from consensus.hashing import GENESIS_HASH
 from consensus.messages import (
     CertifiedBlock,
@@ -55,7 +55,7 @@ SIM_CONFIG: dict[str, int] = {
     "watermark_window": 16,
     "max_inflight": 4,
     "max_batch_txs": 8,
-    "batch_timeout_ms": 5,
+    "batch_timeout_ms": 0,
     "view_timeout_ms": 150,
     "max_view_timeout_ms": 1200,
     "fetch_batch_blocks": 8,
@@ -167,9 +167,8 @@ class SimCrypto:
 class DurableStore:
     """What a node keeps across crashes: persisted messages and the certified chain.
 
-    Message handling mirrors node/store: identical messages are stored once, and truncation at
-    a stable checkpoint forgets pre-prepares, prepares and commits at or below it and
-    checkpoints below it (those at it are the stable checkpoint's proof).
+    Message handling mirrors node/store: identical messages are stored once, and the core's
+    ``Retention`` instructions say which ones are forgotten.
     """
 
     __slots__ = ("_messages", "blocks", "tx_heights")
@@ -195,8 +194,8 @@ class DurableStore:
         for m in messages:
             self._messages[m] = None
 
-    def truncate(self, through_seq: int) -> None:
-        self._messages = {m: None for m in self._messages if not _truncated(m, through_seq)}
+    def retain(self, retention: Retention) -> None:
+        self._messages = {m: None for m in self._messages if not retention.covers(m)}
 
     def append(self, committed: Committed) -> None:
         height = committed.block.seq
@@ -208,14 +207,6 @@ class DurableStore:
         first = max(from_seq, 1)
         last = min(to_seq, self.height, first + limit - 1)
         return tuple(self.blocks[s - 1].block for s in range(first, last + 1))
-
-
-def _truncated(m: Message, through_seq: int) -> bool:
-    if isinstance(m, PrePrepare | Prepare | Commit):
-        return m.seq <= through_seq
-    if isinstance(m, Checkpoint):
-        return m.seq < through_seq
-    return False
 
 
 class SimNode:
@@ -241,6 +232,9 @@ class SimNode:
         self.torn: str | None = None
         self.last_tick_ms = -1
         self.ticks_at_instant = 0
+        self.acknowledged: dict[bytes, bytes] = {}
+        """What this node acknowledged to a client and has not committed: durable, like the
+        node's pending table, and re-offered as the node does (node.runtime)."""
 
     @property
     def up(self) -> bool:
@@ -462,6 +456,17 @@ class SimCluster:
         )
         self.log(f"boot {node.label} at height {store.height}")
         self._step(node, Tick())
+        self._reoffer(node)
+
+    def _reoffer(self, node: SimNode) -> None:
+        """As node.runtime does at start and after every view change: hand the replica the
+        acknowledged transactions it does not hold."""
+        if node.replica is None or not node.acknowledged:
+            return
+        txs = [(t, b) for t, b in node.acknowledged.items() if t not in node.replica.mempool]
+        if txs:
+            event = Submit(tuple(t for t, _ in txs), tuple(b for _, b in txs), True)
+            self._step(node, event)
 
     def _step(self, node: SimNode, event: Event) -> None:
         if node.ctx is not None:
@@ -476,18 +481,23 @@ class SimCluster:
     def _apply(self, node: SimNode, ready: Ready) -> None:
         store = node.store
         store.persist(ready.persist)
-        if ready.truncate_through is not None:
-            store.truncate(ready.truncate_through)
         if node.torn == "after-persist" and (ready.persist or ready.committed or ready.send):
             self._crash_now(node)
             return
         for committed in ready.committed:
             store.append(committed)
+            for tid in committed.block.batch.tx_ids:
+                node.acknowledged.pop(tid, None)
             if node.honest:
                 self._on_honest_commit(node, committed)
         if node.torn == "after-commit" and (ready.persist or ready.committed or ready.send):
             self._crash_now(node)
             return
+        # The shell's contract (consensus.events): forget only after the blocks are stored. The
+        # simulator forgot first, so a crash before the blocks lost the pre-prepare a restarted
+        # primary needed to not sign seq n again (seed 118334, reported as honest equivocation).
+        if ready.retain is not None:
+            store.retain(ready.retain)
         if node.honest:
             self._check_core_matches_store(node)
         for dest, msg in ready.send:
@@ -499,13 +509,16 @@ class SimCluster:
         if ready.deadline_ms is not None:
             self._arm(node, ready.deadline_ms)
         if ready.dropped:
-            self.stats.replica_drops.update(reason for reason, _ in ready.dropped)
+            self.stats.replica_drops.update(d.reason.value for d in ready.dropped)
             if self._trace is not None:
-                for reason, detail in ready.dropped:
-                    self.log(f"{node.label} drops: {reason} ({detail})")
+                for d in ready.dropped:
+                    self.log(f"{node.label} drops: {d.reason.value} ({d.detail})")
         if ready.view_changed is not None:
             self.stats.view_changes += 1
-            self.log(f"{node.label} enters view {ready.view_changed}")
+            cause = ready.view_change_cause
+            why = "" if cause is None else f" ({cause.name.lower()})"
+            self.log(f"{node.label} enters view {ready.view_changed}{why}")
+            self._reoffer(node)
 
     def _on_honest_commit(self, node: SimNode, committed: Committed) -> None:
         self.checker.on_commit(node.label, committed, self.now)
@@ -734,6 +747,22 @@ class SimCluster:
         ids = [tid for tid, _ in txs]
         self.at(self.now + CLIENT_TIMEOUT_MS, lambda: self._client_retry(ids, CLIENT_TIMEOUT_MS))
         return ids
+
+    def submit_once(self, replica_id: int, count: int) -> list[bytes]:
+        """A client sends ``count`` new transactions to one node once and never again: what
+        that node acknowledges (its durable pending table) must commit on its own."""
+        assert self.liveness is not None, "start() the cluster first"
+        node = self.nodes[replica_id]
+        txs = [self.new_tx() for _ in range(count)]
+        for tid, blob in txs:
+            self.liveness.expect(tid)
+            self._client_txs[tid] = _ClientTx(blob, self.now)
+        event = Submit(tuple(t for t, _ in txs), tuple(b for _, b in txs))
+        ready = node.replica.step(event, node.local_now(self.now))
+        refused = ready.refused()
+        node.acknowledged.update((t, b) for t, b in txs if t not in refused)
+        self._apply(node, ready)
+        return [t for t, _ in txs if t not in refused]
 
     def _submit(self, node: SimNode, txs: list[tuple[bytes, bytes]]) -> None:
         event = Submit(tuple(t for t, _ in txs), tuple(b for _, b in txs))

@@ -77,7 +77,7 @@ def random_config(rng: random.Random) -> dict[str, int]:
         "watermark_window": k * rng.choice([2, 4]),
         "max_inflight": rng.choice([1, 2, 4, 8]),
         "max_batch_txs": rng.choice([1, 3, 8]),
-        "batch_timeout_ms": rng.choice([1, 5, 10]),
+        "batch_timeout_ms": rng.choice([0, 1, 5]),
         "view_timeout_ms": view_timeout,
         "max_view_timeout_ms": view_timeout * 8,
         "fetch_batch_blocks": rng.choice([1, 4, 16]),

@@ -6,7 +6,8 @@ message or a timer), so a violation stops the run at the first event that breaks
   * every committed block carries a valid commit certificate: a quorum of distinct replicas,
     valid signatures over ``Commit.signing_bytes()``, one view, and the block's seq and digest;
   * each honest chain links (seq, prev hash, block hash) and holds only valid transactions,
-    each transaction id at most once.
+    each executed at most once (``consensus.execution.RepeatCheck``: a transaction may repeat
+    only in a re-issued batch, as a counted no-op).
 Each check costs O(size of the block), never O(history) or O(nodes).
 
 Liveness is checked once faults have healed: every transaction a client submitted must end up on
@@ -19,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from consensus.events import Committed
+from consensus.execution import RepeatCheck
 from consensus.hashing import GENESIS_HASH, chain_link
 from consensus.messages import CertifiedBlock
 
@@ -81,7 +83,7 @@ def certificate_problem(block: CertifiedBlock, n: int, quorum: int, verify: Veri
 class _Chain:
     height: int = 0
     head: bytes = GENESIS_HASH
-    tx_ids: set[bytes] = field(default_factory=set)
+    executed: RepeatCheck[bytes] = field(default_factory=RepeatCheck)
 
 
 class SafetyChecker:
@@ -126,17 +128,13 @@ class SafetyChecker:
         if problem is not None:
             raise self.fail("invalid-tx", f"{where}: {problem}", time_ms)
         # A batch prepared in an old view may be re-issued by a later new-view after its
-        # transactions committed elsewhere (PBFT section 4.4 must re-issue it). That repeat is
-        # a no-op (executed once, at the first height). A batch proposed fresh in the view that
-        # commits it must never repeat a committed transaction: honest backups refuse it.
-        reissued = bool(block.commits) and batch.view < block.commits[0].view
-        for tx_id in batch.tx_ids:
-            if tx_id in chain.tx_ids:
-                if not reissued:
-                    detail = f"{where}: tx {tx_id.hex()[:12]} again in a fresh proposal"
-                    raise self.fail("double-commit", detail, time_ms)
-                self.repeats += 1
-            chain.tx_ids.add(tx_id)
+        # transactions committed elsewhere (PBFT section 4.4 must re-issue it): a counted no-op.
+        # A fresh batch repeating a committed transaction is never certified by honest backups.
+        cert_view = block.commits[0].view if block.commits else batch.view
+        verdict = chain.executed.observe(seq, batch.view, cert_view, batch.tx_ids)
+        if verdict.problem is not None:
+            raise self.fail("double-commit", f"{where}: {verdict.problem}", time_ms)
+        self.repeats += verdict.repeats
         decided = self._decided.get(seq)
         if decided is None:
             self._decided[seq] = (c.block_hash, node)

@@ -27,4 +27,20 @@ REGRESSIONS: list[tuple[int, str, int]] = [
     # Only each replica's newest view-change was kept: one that timed out again stopped
     # counting towards the view the others were in, and the new primary never had 2f+1.
     (554, "random", 4),
+    # Recovery restored a pre-prepare's slot but not its transactions: after two crashes the
+    # only replicas that had accepted a batch held just its digest when a new view re-issued it
+    # stripped, so it committed with nobody able to execute it (stuck at height 0 in view 6).
+    (101474, "random", 4),
+    # Backups that held a request only in a pre-prepare of a byzantine primary (with a twin)
+    # never started their view timers: the one honest replica that suspected it could not
+    # gather f+1, and the request never committed (n=7, views 2 and 3).
+    (100763, "random", 7),
+    # A batch prepared in view 1 at seq 5, left out of view 2's new-view and re-issued by view
+    # 3, shared a transaction with a fresh batch view 2 certified at seq 6: the one repeat rule
+    # called that a violation although no honest backup of view 2 could have known.
+    (114145, "random", 7),
+    # The simulator's shell forgot persisted messages before storing the blocks of the same
+    # step (the contract says after): a crash in between lost the pre-prepare a restarted
+    # primary needed, and it signed seq 4 of view 0 again (honest equivocation).
+    (118334, "random", 4),
 ]

@@ -1,10 +1,12 @@
 """Run simulated fault schedules from the command line.
 
-    python -m tests.sim.run --seeds 1000 [--start 0] [--n 4|7] [--scenario random|NAME] [--jobs 2]
-    python -m tests.sim.run --seed 17 --scenario crash [--trace]     # replay one seed
+    python -m tests.sim.run --seeds 1000 [--from 0] [--n 4,7] [--scenario random|NAME] [--jobs 2]
+    python -m tests.sim.run --seed 17 --scenario crash [--n 4] [--trace]   # replay one seed
 
-Prints a progress bar and a summary, every failing seed with its replay command, and exits 1
-if any seed failed. ``--list`` names the scenarios.
+A sweep runs seeds S .. S+N-1 at each n given, spread over --jobs processes (``tests.sim.sweep``),
+shows progress, then a summary: schedules run, the seed range at each n, and every violation
+with the command that replays it. Exit status 1 on any violation, 130 if interrupted (Ctrl-C
+stops the workers and reports what finished). ``--list`` names the scenarios.
 """
 
 from __future__ import annotations
@@ -12,29 +14,45 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections import Counter
+import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tests.sim.faults import SCENARIOS, SimResult, run_scenario, run_seed
+from tests.sim.faults import SCENARIOS, SimResult, run_scenario
 from tests.sim.invariants import InvariantViolation
+from tests.sim.sweep import Range, Tally, iter_results, run_many
+
+__all__ = ["main", "run_many"]
 
 MAX_JOBS = 64
-CHUNK = 8
-"""Seeds per task sent to a worker: amortises process round trips without starving the bar."""
+PLAIN_PROGRESS_EVERY_S = 30.0
+"""Without a terminal (a log file, CI), a progress line this often instead of a live bar."""
+
+
+def _n_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        expected = f"expected n or n,n,... (e.g. 4,7), got {text!r}"
+        raise argparse.ArgumentTypeError(expected) from None
+    for n in values:
+        if n < 4 or (n - 1) % 3:
+            raise argparse.ArgumentTypeError(f"n must be 3f+1 with f >= 1 (4, 7, 10, ...): {n}")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"n given twice in {text!r}")
+    return values
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tests.sim.run", description=__doc__.split("\n")[0])
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--seeds", type=int, default=100, help="how many seeds (default 100)")
+    which.add_argument("--seeds", type=int, default=100, help="seeds per n (default 100)")
     which.add_argument("--seed", type=int, help="run exactly this one seed (replay)")
-    p.add_argument("--start", type=int, default=0, help="first seed of the sweep")
-    p.add_argument("--n", type=int, default=4, help="replicas (n = 3f+1; default 4)")
+    p.add_argument("--from", "--start", dest="first", type=int, default=0, help="first seed")
+    p.add_argument("--n", type=_n_list, default=[4], help="replicas: n or a list (4,7)")
     p.add_argument("--scenario", default="random", help="scenario name, or 'random' (default)")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="processes")
     p.add_argument("--no-codec", action="store_true", help="pass message objects, not bytes")
@@ -43,97 +61,105 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.scenario not in SCENARIOS:
         p.error(f"unknown scenario {args.scenario!r}; choose from {', '.join(SCENARIOS)}")
-    if args.n < 4 or (args.n - 1) % 3:
-        p.error(f"--n must be 3f+1 with f >= 1 (4, 7, 10, ...), got {args.n}")
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
+    if args.first < 0:
+        p.error("--from must be at least 0")
     if not 1 <= args.jobs <= MAX_JOBS:
         p.error(f"--jobs must be in 1..{MAX_JOBS}")
+    if args.seed is not None and len(args.n) != 1:
+        p.error("--seed replays at one n")
     if args.trace and args.seed is None:
         p.error("--trace needs --seed")
     return args
 
 
-def _run_chunk(seeds: list[int], scenario: str, n: int, codec: bool) -> list[SimResult]:
-    return [run_seed(seed, scenario, n, codec=codec) for seed in seeds]
-
-
-def iter_results(
-    seeds: Sequence[int], scenario: str, n: int, jobs: int, codec: bool = True
+def _chunks_with_progress(
+    plan: Sequence[Range], scenario: str, jobs: int, codec: bool, tally: Tally, console: Console
 ) -> Iterator[list[SimResult]]:
-    """Run ``seeds`` on ``jobs`` processes; yields results in seed order, a chunk at a time."""
-    chunks = [list(seeds[i : i + CHUNK]) for i in range(0, len(seeds), CHUNK)]
-    if jobs == 1:
-        for chunk in chunks:
-            yield _run_chunk(chunk, scenario, n, codec)
+    """``iter_results``, drawing a live bar per n on a terminal, else a line now and then."""
+    if not console.is_terminal:
+        started = last = time.monotonic()
+        for chunk in iter_results(plan, scenario, jobs, codec):
+            yield chunk
+            now = time.monotonic()
+            if now - last >= PLAIN_PROGRESS_EVERY_S:
+                last = now
+                runs = ", ".join(f"n={r.n} {tally.runs[r.n]}/{r.count}" for r in plan)
+                print(f"[{now - started:7.0f}s] {runs}; {tally.failed} failed", flush=True)
         return
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(_run_chunk, chunk, scenario, n, codec) for chunk in chunks]
-        for future in futures:
-            yield future.result()
-
-
-def run_many(
-    seeds: Sequence[int], scenario: str, n: int, jobs: int, codec: bool = True
-) -> list[SimResult]:
-    return [r for chunk in iter_results(seeds, scenario, n, jobs, codec) for r in chunk]
-
-
-def sweep(
-    start: int, count: int, scenario: str, n: int, jobs: int, codec: bool, console: Console
-) -> list[SimResult]:
-    """``run_many`` with a progress bar."""
-    results: list[SimResult] = []
     columns = (
-        TextColumn(f"[bold]{scenario}[/] n={n}"),
+        TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("[red]{task.fields[failed]} failed"),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task("sweep", total=count, failed=0)
-        for chunk in iter_results(range(start, start + count), scenario, n, jobs, codec):
-            results.extend(chunk)
-            failed = sum(1 for r in results if not r.ok)
-            progress.update(task, advance=len(chunk), failed=failed)
-    return results
+        bars = {
+            r.n: progress.add_task(f"{scenario} n={r.n}", total=r.count, failed=0) for r in plan
+        }
+        for chunk in iter_results(plan, scenario, jobs, codec):
+            yield chunk
+            n = chunk[0].n
+            failed = sum(1 for x in chunk if not x.ok)
+            progress.update(bars[n], advance=len(chunk))
+            if failed:
+                done = progress.tasks[bars[n]].fields["failed"]
+                progress.update(bars[n], failed=done + failed)
 
 
-def _summary(results: list[SimResult], console: Console) -> None:
-    passed = [r for r in results if r.ok]
-    failed = [r for r in results if not r.ok]
+def sweep(
+    plan: Sequence[Range], scenario: str, jobs: int, codec: bool, console: Console
+) -> tuple[Tally, bool]:
+    """Run ``plan``; returns what was found and whether it ran to the end (False on Ctrl-C)."""
+    tally = Tally()
+    try:
+        for chunk in _chunks_with_progress(plan, scenario, jobs, codec, tally, console):
+            for result in chunk:
+                tally.add(result)
+    except KeyboardInterrupt:
+        return tally, False
+    return tally, True
+
+
+def _summary(
+    tally: Tally, plan: Sequence[Range], scenario: str, wall_s: float, console: Console
+) -> None:
     table = Table(title="simulation summary", show_header=False)
-    table.add_row("seeds", str(len(results)))
-    table.add_row("passed", f"[green]{len(passed)}")
-    table.add_row("failed", f"[red]{len(failed)}" if failed else "0")
-    totals: Counter[str] = Counter()
-    for r in passed:
-        for key in ("blocks_checked", "deliveries", "view_changes", "crashes", "virtual_ms"):
-            totals[key] += int(r.summary.get(key, 0))
-    table.add_row("blocks checked", str(totals["blocks_checked"]))
-    table.add_row("messages delivered", str(totals["deliveries"]))
-    table.add_row("view changes", str(totals["view_changes"]))
-    table.add_row("crashes", str(totals["crashes"]))
-    table.add_row("virtual time", f"{totals['virtual_ms'] / 1000:.1f} s")
-    table.add_row("cpu time", f"{sum(r.wall_s for r in results):.1f} s")
-    kinds = Counter(r.kind for r in failed)
-    if kinds:
-        table.add_row("failures by kind", ", ".join(f"{k}: {v}" for k, v in kinds.most_common()))
+    table.add_row("scenario", scenario)
+    table.add_row("schedules run", f"{tally.total_runs:,}")
+    for r in plan:
+        ran = tally.runs[r.n]
+        span = f"{r.first}-{tally.done_to[r.n]}" if ran else "none"
+        note = "" if ran == r.count else f" (interrupted; {r.first}-{r.last} planned)"
+        table.add_row(f"n={r.n}", f"{ran:,} seeds: {span}{note}")
+    table.add_row("violations", f"[red]{tally.failed}" if tally.failed else "0")
+    if tally.kinds:
+        table.add_row("by kind", ", ".join(f"{k}: {v}" for k, v in tally.kinds.most_common()))
+    totals = tally.totals
+    table.add_row("blocks checked", f"{totals['blocks_checked']:,}")
+    table.add_row("messages delivered", f"{totals['deliveries']:,}")
+    table.add_row("view changes", f"{totals['view_changes']:,}")
+    table.add_row("crashes", f"{totals['crashes']:,}")
+    table.add_row("virtual time", f"{totals['virtual_ms'] / 1000:,.1f} s")
+    table.add_row("wall time", f"{wall_s:,.1f} s")
+    table.add_row("cpu time", f"{tally.cpu_s:,.1f} s")
     console.print(table)
-    for r in failed:
+    for r in tally.failures:
         first_line = (r.message or "").splitlines()[0] if r.message else ""
-        console.print(f"FAIL seed {r.seed}: {first_line}", markup=False, soft_wrap=True)
+        console.print(f"FAIL seed {r.seed} n={r.n}: {first_line}", markup=False, soft_wrap=True)
         console.print(f"      replay: {r.replay}", markup=False, soft_wrap=True)
+    if tally.failed > len(tally.failures):
+        console.print(f"... and {tally.failed - len(tally.failures)} more failures not shown")
 
 
 def _replay(args: argparse.Namespace, console: Console) -> int:
     trace = (lambda line: print(line, flush=True)) if args.trace else None
     spec = SCENARIOS[args.scenario]
+    n = args.n[0]
     try:
-        cluster = run_scenario(
-            args.seed, args.scenario, args.n, codec=not args.no_codec, trace=trace
-        )
+        cluster = run_scenario(args.seed, args.scenario, n, codec=not args.no_codec, trace=trace)
     except InvariantViolation as violation:
         if violation.kind == spec.expect:
             console.print(f"expected violation: {violation}", markup=False, soft_wrap=True)
@@ -143,7 +169,7 @@ def _replay(args: argparse.Namespace, console: Console) -> int:
     if spec.expect is not None:
         console.print(f"[red]FAIL[/] expected a {spec.expect!r} violation; the run passed")
         return 1
-    console.print(f"[green]ok[/] seed {args.seed} scenario {args.scenario} n={args.n}")
+    console.print(f"[green]ok[/] seed {args.seed} scenario {args.scenario} n={n}")
     console.print(cluster.summary())
     return 0
 
@@ -157,11 +183,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.seed is not None:
         return _replay(args, console)
-    results = sweep(
-        args.start, args.seeds, args.scenario, args.n, args.jobs, not args.no_codec, console
-    )
-    _summary(results, console)
-    return 0 if all(r.ok for r in results) else 1
+    plan = [Range(n, args.first, args.seeds) for n in args.n]
+    ranges = ", ".join(f"n={r.n} seeds {r.first}-{r.last}" for r in plan)
+    console.print(f"sweep {args.scenario}: {ranges} on {args.jobs} processes", markup=False)
+    console.file.flush()
+    started = time.monotonic()
+    tally, finished = sweep(plan, args.scenario, args.jobs, not args.no_codec, console)
+    _summary(tally, plan, args.scenario, time.monotonic() - started, console)
+    if not finished:
+        console.print("interrupted: the summary covers the seeds that finished")
+        return 130
+    return 1 if tally.failed else 0
 
 
 if __name__ == "__main__":

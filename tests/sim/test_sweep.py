@@ -12,7 +12,7 @@ import pytest
 
 from tests.sim.faults import SCENARIOS, SimResult, run_scenario, run_seed
 from tests.sim.regressions import REGRESSIONS
-from tests.sim.run import run_many
+from tests.sim.sweep import run_many
 
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS = int(os.environ.get("MEDCHAIN_SIM_SEEDS", "1000"))

@@ -64,6 +64,7 @@ def make_configs(
                 clients=[ClientEntry(HOSPITAL, CLIENT_PUBLIC)],
                 consensus=consensus,
                 limits=limits,
+                access_open=True,  # these tests are about the API; tests/unit/test_access.py
             )
         )
     return configs
@@ -306,14 +307,15 @@ async def test_empty_blocks_page(single: Client) -> None:
         assert body == {"blocks": [], "height": 0, "next": None}
 
 
-async def test_peer_endpoint_rejects_unknown_sender(single: Client) -> None:
-    resp = await single.post(
-        "/peer/msgs",
-        data=msgpack.packb([]),
-        headers={"X-Medchain-From": "9", "Content-Type": "application/msgpack"},
-    )
-    assert resp.status == 403
-    assert (await _json(resp))["error"] == "unknown sender"
+async def test_peer_endpoint_rejects_unknown_and_unauthenticated_senders(single: Client) -> None:
+    for sender, status in (("9", 403), ("1", 401)):
+        resp = await single.post(
+            "/peer/msgs",
+            data=msgpack.packb([]),
+            headers={"X-Medchain-From": sender, "Content-Type": "application/msgpack"},
+        )
+        assert resp.status == status
+        assert (await _json(resp))["error"] == "peer not authenticated"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,13 +461,13 @@ async def test_persist_happens_before_send(tmp_path: Path) -> None:
     store, transport = node.store, node.transport
     real_save, real_send = store.save_messages, transport.send
 
-    def save(msgs: Any) -> None:
+    def save(msgs: Any, frames: Any = None) -> None:
         order.extend(("persist", m) for m in msgs)
-        real_save(msgs)
+        real_save(msgs, frames)
 
-    def send(dest: int | None, msg: Any) -> None:
+    def send(dest: int | None, msg: Any, frame: Any = None) -> None:
         order.append(("send", msg))
-        real_send(dest, msg)
+        real_send(dest, msg, frame)
 
     store.save_messages = save  # type: ignore[method-assign]
     transport.send = send  # type: ignore[method-assign]
@@ -524,7 +526,7 @@ def test_run_node_process_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
     config = make_configs(tmp_path)[0]
     path = tmp_path / "node0.toml"
     write_config(path, config)
-    code = "import sys; from node.runtime import run_node; sys.exit(run_node(sys.argv[1]))"
+    code = "import sys; from node.main import run_node; sys.exit(run_node(sys.argv[1]))"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, str(path)],
         stderr=subprocess.PIPE,

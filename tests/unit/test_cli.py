@@ -1,4 +1,5 @@
-"""node/cli: init, argument handling, records, offline verification and the submit client.
+"""scripts/cli and the commands it registers: init, argument handling, records, offline
+verification and the submit path.
 
 Nothing here starts a node process (tests/integration does): verification runs over a SQLite
 store and served-JSON blocks built from fixed-seed keys, and the submit client's retry paths
@@ -20,7 +21,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from node import cli, codec, ledger
+from node import codec, ledger
 from node.config import (
     ClientEntry,
     ConfigError,
@@ -31,7 +32,9 @@ from node.config import (
 )
 from node.crypto import load_key
 from node.store import Store
+from scripts import cli, client, provision, submit, verify
 from scripts.cluster import ClusterLayout
+from scripts.output import CliError
 from tests.unit.helpers_ledger import CLIENT_KEYS, CONSORTIUM, HOSPITALS, make_chain
 
 # ---------------------------------------------------------------------------------------------
@@ -40,7 +43,7 @@ from tests.unit.helpers_ledger import CLIENT_KEYS, CONSORTIUM, HOSPITALS, make_c
 
 def test_init_writes_loadable_configs_and_owner_only_keys(tmp_path: Path) -> None:
     root = tmp_path / "c"
-    result = cli.init_cluster(root, 4)
+    result = provision.init_cluster(root, 4)
     layout = ClusterLayout(root)
     assert [i for i, _, _ in result.nodes] == [0, 1, 2, 3]
 
@@ -108,27 +111,27 @@ def test_init_rejects_too_few_nodes_and_busy_ports(
 def test_init_validates_everything_before_writing(tmp_path: Path) -> None:
     root = tmp_path / "c"
     with pytest.raises(ConfigError, match="watermark_window"):
-        cli.init_cluster(root, 4, consensus={"watermark_window": 33})
+        provision.init_cluster(root, 4, consensus={"watermark_window": 33})
     assert not root.exists()
 
-    cli.init_cluster(root, 4, consensus={"checkpoint_interval": 8, "watermark_window": 32})
+    provision.init_cluster(root, 4, consensus={"checkpoint_interval": 8, "watermark_window": 32})
     assert load_config(ClusterLayout(root).config_path(2)).consensus.checkpoint_interval == 8
     before = ClusterLayout(root).node_key(0).read_bytes()
     with pytest.raises(ConfigError):
-        cli.init_cluster(root, 4, force=True, consensus={"no_such_field": 1})
+        provision.init_cluster(root, 4, force=True, consensus={"no_such_field": 1})
     assert ClusterLayout(root).node_key(0).read_bytes() == before  # old cluster intact
 
 
 def test_init_with_base_port_uses_consecutive_ports(tmp_path: Path) -> None:
-    for base in cli.free_ports(20):  # find 4 consecutive free ports (bounded tries)
+    for base in provision.free_ports(20):  # find 4 consecutive free ports (bounded tries)
         try:
-            cli.check_ports_free(range(base, base + 4))
-        except cli.CliError:
+            provision.check_ports_free(range(base, base + 4))
+        except CliError:
             continue
         break
     else:
         pytest.skip("no 4 consecutive free ports found")
-    cli.init_cluster(tmp_path / "c", 4, base_port=base)
+    provision.init_cluster(tmp_path / "c", 4, base_port=base)
     layout = ClusterLayout(tmp_path / "c")
     assert [load_config(layout.config_path(i)).port for i in range(4)] == [
         base + i for i in range(4)
@@ -136,12 +139,12 @@ def test_init_with_base_port_uses_consecutive_ports(tmp_path: Path) -> None:
 
 
 def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() -> None:
-    ports = cli.free_ports(8)
+    ports = provision.free_ports(8)
     assert len(set(ports)) == 8
-    cli.check_ports_free(ports)
-    low = cli._ephemeral_low()
-    if low - cli.PORT_POOL_START >= 1000:
-        assert all(cli.PORT_POOL_START <= p < low for p in ports), (ports, low)
+    provision.check_ports_free(ports)
+    low = provision.ephemeral_low()
+    if low - provision.PORT_POOL_START >= 1000:
+        assert all(provision.PORT_POOL_START <= p < low for p in ports), (ports, low)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,6 +164,10 @@ def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() -> N
         ["cluster", "kill-node"],
         ["submit"],
         ["verify"],
+        ["audit"],
+        ["fault"],
+        ["scenario"],
+        ["bench"],
     ],
 )
 def test_every_command_has_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -186,7 +193,7 @@ def test_bad_usage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_submit_needs_a_whole_record_or_a_count(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cli.init_cluster(tmp_path / "c", 4)
+    provision.init_cluster(tmp_path / "c", 4)
     assert cli.main(["submit", "--dir", str(tmp_path / "c"), "--patient", "p-1"]) == 1
     assert "--patient, --type and --data" in capsys.readouterr().err
     assert cli.main(["submit", "--dir", str(tmp_path / "c"), "--count", "0"]) == 1
@@ -198,42 +205,42 @@ def test_submit_needs_a_whole_record_or_a_count(
 
 
 def test_parse_signal_accepts_names_and_numbers() -> None:
-    assert cli._parse_signal("kill") == 9
-    assert cli._parse_signal("SIGSTOP") == signal.SIGSTOP
-    assert cli._parse_signal("15") == 15
+    assert cli.parse_signal("kill") == 9
+    assert cli.parse_signal("SIGSTOP") == signal.SIGSTOP
+    assert cli.parse_signal("15") == 15
 
 
 def test_synthetic_records_sign_into_valid_distinct_transactions() -> None:
     secret, public = CLIENT_KEYS[0]
-    records = list(cli.synthetic_records(50))
+    records = list(submit.synthetic_records(50))
     assert len({r.payload for r in records}) == 50
     assert len({r.record_type for r in records}) > 1
-    target = cli.SubmitTarget(url="http://unused", client_secret=secret, hospital=HOSPITALS[0])
-    envs = cli.build_envelopes(target, records)
+    target = submit.SubmitTarget(url="http://unused", client_secret=secret, hospital=HOSPITALS[0])
+    envs = submit.build_envelopes(target, records)
     registry = ledger.ClientRegistry({public: HOSPITALS[0]})
     assert all(ledger.check_tx(env, registry) is None for env in envs)
     assert len({env.tx_id for env in envs}) == 50
 
-    fixed = list(cli.synthetic_records(3, patient="p-7", record_type="lab-result"))
+    fixed = list(submit.synthetic_records(3, patient="p-7", record_type="lab-result"))
     assert {(r.patient, r.record_type) for r in fixed} == {("p-7", "lab-result")}
 
 
 def test_read_data_arg(tmp_path: Path) -> None:
-    assert cli.read_data_arg("hb 13.5 g/dL") == b"hb 13.5 g/dL"
+    assert submit.read_data_arg("hb 13.5 g/dL") == b"hb 13.5 g/dL"
     path = tmp_path / "scan.bin"
     path.write_bytes(b"\x00\x01binary")
-    assert cli.read_data_arg(f"@{path}") == b"\x00\x01binary"
-    with pytest.raises(cli.CliError, match="cannot read --data file"):
-        cli.read_data_arg(f"@{tmp_path / 'missing'}")
-    path.write_bytes(b"x" * (cli.MAX_DATA_BYTES + 1))
-    with pytest.raises(cli.CliError, match="limit"):
-        cli.read_data_arg(f"@{path}")
+    assert submit.read_data_arg(f"@{path}") == b"\x00\x01binary"
+    with pytest.raises(CliError, match="cannot read --data file"):
+        submit.read_data_arg(f"@{tmp_path / 'missing'}")
+    path.write_bytes(b"x" * (submit.MAX_DATA_BYTES + 1))
+    with pytest.raises(CliError, match="limit"):
+        submit.read_data_arg(f"@{path}")
 
 
 def test_invalid_record_is_a_clear_error() -> None:
-    target = cli.SubmitTarget("http://unused", CLIENT_KEYS[0][0], HOSPITALS[0])
-    with pytest.raises(cli.CliError, match="invalid record: patient is empty"):
-        cli.build_envelopes(target, [cli.Record(patient="", record_type="x", payload=b"")])
+    target = submit.SubmitTarget("http://unused", CLIENT_KEYS[0][0], HOSPITALS[0])
+    with pytest.raises(CliError, match="invalid record: patient is empty"):
+        submit.build_envelopes(target, [submit.Record(patient="", record_type="x", payload=b"")])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,7 +330,7 @@ def test_verify_db_against_other_keys_fails_at_block_1(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     db, _, _ = chain_db
-    cli.init_cluster(tmp_path / "other", 4)  # a different consortium
+    provision.init_cluster(tmp_path / "other", 4)  # a different consortium
     other = ClusterLayout(tmp_path / "other").config_path(0)
     code, report = _verify_json(capsys, "--db", str(db), "--config", str(other))
     assert code == 1
@@ -369,16 +376,16 @@ def test_block_from_json_is_strict() -> None:
 def test_verify_blocks_counts_an_unservable_block_as_the_first_bad_one() -> None:
     blocks = make_chain(4)
     registry = ledger.ClientRegistry({pk: HOSPITALS[i] for i, (_, pk) in enumerate(CLIENT_KEYS)})
-    keys = cli.Consortium(tuple(CONSORTIUM), registry, source="test")
+    keys = client.Consortium(tuple(CONSORTIUM), registry, source="test")
 
     def served() -> Iterator[ledger.Block]:
         yield from blocks[:2]
-        raise cli._FetchError(3, "node served no block at height 3")
+        raise verify.FetchError(3, "node served no block at height 3")
 
-    result = cli.verify_blocks("node", served(), keys)
+    result = verify.verify_blocks("node", served(), keys)
     assert (result.ok, result.height, result.first_bad_height) == (False, 2, 3)
     assert result.head_hash == blocks[1].block_hash.hex()
-    assert cli.verify_blocks("node", iter(blocks), keys).ok
+    assert verify.verify_blocks("node", iter(blocks), keys).ok
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,12 +452,14 @@ async def _serve(node: ScriptedNode) -> TestServer:
 
 @pytest.fixture(autouse=True)
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "BACKOFF_MIN_S", 0.001)
-    monkeypatch.setattr(cli, "BACKOFF_MAX_S", 0.01)
+    fast = client.RetryPolicy(backoff_min_s=0.001, backoff_max_s=0.01)
+    monkeypatch.setattr(submit, "SUBMIT_RETRY", fast)
 
 
-def _target(server: TestServer) -> cli.SubmitTarget:
-    return cli.SubmitTarget(str(server.make_url("")).rstrip("/"), CLIENT_KEYS[0][0], HOSPITALS[0])
+def _target(server: TestServer) -> submit.SubmitTarget:
+    return submit.SubmitTarget(
+        str(server.make_url("")).rstrip("/"), CLIENT_KEYS[0][0], HOSPITALS[0]
+    )
 
 
 async def test_submit_retries_overload_and_refusals_then_waits() -> None:
@@ -458,8 +467,8 @@ async def test_submit_retries_overload_and_refusals_then_waits() -> None:
     server = await _serve(node)
     try:
         progress: list[tuple[str, int]] = []
-        records = list(cli.synthetic_records(5))
-        receipts = await cli.submit_records(
+        records = list(submit.synthetic_records(5))
+        receipts = await submit.submit_records(
             _target(server),
             records,
             wait=True,
@@ -483,7 +492,9 @@ async def test_submit_without_wait_reports_no_heights() -> None:
     server = await _serve(node)
     target = _target(server)
     try:
-        receipts = await cli.submit_records(target, list(cli.synthetic_records(4)), wait=False)
+        receipts = await submit.submit_records(
+            target, list(submit.synthetic_records(4)), wait=False
+        )
     finally:
         await server.close()
     assert [r.height for r in receipts] == [None] * 4
@@ -495,25 +506,31 @@ async def test_submit_gives_up_on_a_refusal_and_after_bounded_retries() -> None:
     node = ScriptedNode(["422"])
     server = await _serve(node)
     try:
-        with pytest.raises(cli.CliError, match=r"refused the transactions \(422\).*bad"):
-            await cli.submit_records(_target(server), list(cli.synthetic_records(2)), wait=False)
+        with pytest.raises(CliError, match=r"refused the transactions \(422\).*bad"):
+            await submit.submit_records(
+                _target(server), list(submit.synthetic_records(2)), wait=False
+            )
         node.post_script = ["503"] * 100
-        with pytest.raises(cli.CliError, match="not accepted after"):
-            await cli.submit_records(_target(server), list(cli.synthetic_records(2)), wait=False)
-        assert len(node.posts) == 1 + cli.HTTP_ATTEMPTS
+        with pytest.raises(CliError, match="not accepted after"):
+            await submit.submit_records(
+                _target(server), list(submit.synthetic_records(2)), wait=False
+            )
+        assert len(node.posts) == 1 + client.RetryPolicy().attempts
     finally:
         await server.close()
 
 
 async def test_submit_to_a_dead_node_fails_after_bounded_retries() -> None:
-    port = cli.free_ports(1)[0]
-    target = cli.SubmitTarget(f"http://127.0.0.1:{port}", CLIENT_KEYS[0][0], HOSPITALS[0])
-    with pytest.raises(cli.CliError, match="not accepted after"):
-        await cli.submit_records(target, list(cli.synthetic_records(1)), wait=False, timeout=30)
+    port = provision.free_ports(1)[0]
+    target = submit.SubmitTarget(f"http://127.0.0.1:{port}", CLIENT_KEYS[0][0], HOSPITALS[0])
+    with pytest.raises(CliError, match="not accepted after"):
+        await submit.submit_records(
+            target, list(submit.synthetic_records(1)), wait=False, timeout=30
+        )
 
 
 def test_submit_key_must_be_private(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cli.init_cluster(tmp_path / "c", 4)
+    provision.init_cluster(tmp_path / "c", 4)
     key = ClusterLayout(tmp_path / "c").client_key("hospital-0")
     key.chmod(0o644)
     assert cli.main(["submit", "--dir", str(tmp_path / "c"), "--count", "1"]) == 1

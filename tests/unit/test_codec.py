@@ -29,6 +29,7 @@ from node.codec import (
     MAX_REPLICAS,
     MAX_UINT,
     CodecError,
+    array_header,
     decode_message,
     encode_message,
     expect_str,
@@ -420,3 +421,8 @@ def test_stripped_batches_round_trip_with_the_same_digest() -> None:
     back = decode_message(encode_message(pp))
     assert isinstance(back, PrePrepare)
     assert back.batch.is_stripped and back.batch.digest() == full.digest()
+
+
+@pytest.mark.parametrize("length", [0, 1, 15, 16, 65535, 65536, 70000])
+def test_array_header_is_what_pack_writes_before_the_elements(length: int) -> None:
+    assert pack([1] * length) == array_header(length) + b"\x01" * length

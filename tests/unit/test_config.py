@@ -72,7 +72,7 @@ def test_load_minimal_config_resolves_paths_and_defaults(tmp_path: Path) -> None
         3: "http://127.0.0.1:7103",
     }
     assert cfg.self_url == "http://127.0.0.1:7101"
-    assert cfg.replica_publics == [_key(i) for i in range(4)]
+    assert list(cfg.replica_publics) == [_key(i) for i in range(4)]
     assert cfg.client_keys() == {_key(50): "hospital-0"}
     assert cfg.operator_public_key is None
 
@@ -124,7 +124,7 @@ def test_defaults_toml_documents_every_key_with_the_compiled_default() -> None:
     }
     assert doc["consensus"] == consensus_defaults
     assert doc["limits"] == dataclasses.asdict(NodeLimits())
-    assert doc["node"] == {"host": "127.0.0.1", "log_level": "info"}
+    assert doc["node"] == {"host": "127.0.0.1", "log_level": "info", "vote_log_sync": "full"}
 
 
 def _error(tmp_path: Path, text: str) -> ConfigError:

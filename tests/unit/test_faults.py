@@ -28,14 +28,6 @@ from consensus.messages import (
     PrePrepare,
     Request,
 )
-from node import faults as faults_mod
-from node.admin import (
-    MAX_SKEW_MS,
-    SIGNATURE_HEADER,
-    NonceCache,
-    admin_routes,
-    sign_admin_request,
-)
 from node.crypto import NodeCrypto, generate_keypair
 from node.faults import (
     ByzantineMode,
@@ -57,6 +49,9 @@ from node.faults import (
     parse_fault,
     parse_faults_table,
 )
+from node.faults import layer as layer_mod
+from node.faults.admin import NonceCache, admin_routes
+from node.faults.signing import MAX_SKEW_MS, SIGNATURE_HEADER, sign_admin_request
 from node.ledger import block_to_certified, block_to_json, check_tx, decode_tx, verify_chain
 from scripts import history, scenario
 from scripts.faultctl import FaultCtlError, fault_from_args
@@ -267,7 +262,7 @@ def test_delay_jitter_reorders_and_duplicate_copies() -> None:
 
 
 def test_held_back_frames_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(faults_mod, "MAX_DELAYED_FRAMES", 10)
+    monkeypatch.setattr(layer_mod, "MAX_DELAYED_FRAMES", 10)
     clock = FakeClock()
     fl = layer(clock=clock)
     fl.apply(spec({"kind": "delay", "ms": 1000}))
@@ -285,11 +280,11 @@ def test_limits_and_conflicts() -> None:
         fl.apply(spec({"kind": "byzantine", "mode": "equivocate"}))
     with pytest.raises(FaultError):
         FaultLayer(0, 3, enabled=True).apply(spec({"kind": "partition", "groups": [[3]]}))
-    for _ in range(faults_mod.MAX_ACTIVE_FAULTS - 1):
+    for _ in range(layer_mod.MAX_ACTIVE_FAULTS - 1):
         fl.apply(spec({"kind": "delay", "ms": 1}))
     with pytest.raises(FaultConflict):
         fl.apply(spec({"kind": "delay", "ms": 1}))
-    assert len(fl.clear()) == faults_mod.MAX_ACTIVE_FAULTS
+    assert len(fl.clear()) == layer_mod.MAX_ACTIVE_FAULTS
 
 
 async def test_wait_unpaused_returns_on_clear_and_on_expiry() -> None:
@@ -785,7 +780,7 @@ def test_view_change_summary_and_timeline_plot(tmp_path: Path) -> None:
         scenario.Sample(3.0, 0, True, 5, 2),
         scenario.Sample(3.0, 1, True, 6, 2),
     ]
-    vc = scenario._view_changes(samples)
+    vc = scenario.view_changes(samples)
     assert vc["per_node"] == {"0": 1, "1": 2} and vc["max_view"] == 2
     assert vc["rises"] == [{"t": 2.0, "view": 1}, {"t": 3.0, "view": 2}]
 

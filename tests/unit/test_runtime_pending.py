@@ -47,3 +47,42 @@ async def test_accepted_transactions_survive_a_restart_before_commit(cluster: Cl
 
 async def _height_at_least(node: object, h: int) -> bool:
     return getattr(node, "height", 0) >= h
+
+
+async def test_a_node_whose_backlog_is_too_old_answers_503_before_checking_signatures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Admission control: alone (nothing commits), the node takes a first batch; once that
+    has waited admission_max_age_ms, POST /tx gets 503 + Retry-After, counted by reason, and
+    no signature of the refused request is checked (the node spends nothing on it)."""
+    consensus = {**FAST, "admission_max_age_ms": 200}
+    c = Cluster(make_configs(tmp_path, consensus=consensus, limits=FAST_LIMITS))
+    try:
+        node0 = await c.start(0)
+        headers = {"Content-Type": "application/msgpack"}
+        async with ClientSession() as http:
+            body = msgpack_tx_body([tx(i) for i in range(4000, 4003)])
+            async with http.post(c.url(0) + "/tx", data=body, headers=headers) as resp:
+                assert resp.status == 202, await resp.text()
+            await _until(lambda: _older_than(node0, 250))
+            checked: list[object] = []
+            admit = node0.ledger_app.admit
+            monkeypatch.setattr(
+                node0.ledger_app, "admit", lambda *a: checked.append(a) or admit(*a)
+            )
+            body = msgpack_tx_body([tx(i) for i in range(4010, 4012)])
+            async with http.post(c.url(0) + "/tx", data=body, headers=headers) as resp:
+                assert resp.status == 503, await resp.text()
+                assert resp.headers["Retry-After"]
+                assert (await resp.json())["error"] == "overloaded"
+        assert checked == []
+        assert node0.counters.overloaded.snapshot() == {"backlog too old": 2}
+        assert node0.status()["counters"]["overloaded"] == {"backlog too old": 2}  # type: ignore[index]
+    finally:
+        await c.close()
+
+
+async def _older_than(node: object, ms: int) -> bool:
+    replica = node.replica  # type: ignore[attr-defined]
+    oldest = replica.mempool.oldest_ms()
+    return oldest is not None and node.clock() - oldest > ms  # type: ignore[attr-defined]

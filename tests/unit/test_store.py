@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from consensus import checkpoints, viewchange
 from consensus.hashing import GENESIS_HASH
 from consensus.messages import (
     Checkpoint,
@@ -305,6 +306,16 @@ def test_saving_twice_is_idempotent(store: Store) -> None:
     assert store.message_count() == 2
 
 
+def test_messages_are_stored_as_the_frames_handed_in(store: Store) -> None:
+    msgs: list[Message] = [_pp(0, 1), _prep(1)]
+    frames = [encode_message(m) for m in msgs]
+    store.save_messages(msgs, frames)
+    store.save_messages(msgs)  # the same bytes: nothing new
+    assert store.load_messages() == msgs and store.message_count() == 2
+    with pytest.raises(ValueError, match="2 messages but 1 frames"):
+        store.save_messages(msgs, frames[:1])
+
+
 def test_only_consensus_messages_are_persisted(store: Store) -> None:
     for msg in (
         Request(tx_ids=(), txs=(), replica=0),
@@ -315,7 +326,7 @@ def test_only_consensus_messages_are_persisted(store: Store) -> None:
     assert store.load_messages() == []  # the batch was refused whole
 
 
-def test_truncate_messages(store: Store) -> None:
+def test_retention_at_a_stable_checkpoint(store: Store) -> None:
     keep_view: list[Message] = [_vc(1, stable_seq=0), _nv(1)]
     store.save_messages(
         [
@@ -325,7 +336,7 @@ def test_truncate_messages(store: Store) -> None:
             *keep_view,
         ]
     )  # fmt: skip
-    store.truncate_messages(32)
+    store.retain(checkpoints.retention(32))
     assert store.load_messages() == [
         _cp(32, 0), _cp(32, 1), _cp(32, 2),
         _pp(0, 33), _prep(33), _commit(33), _cp(64),
@@ -333,9 +344,9 @@ def test_truncate_messages(store: Store) -> None:
     ]  # fmt: skip
 
 
-def test_truncate_views(store: Store) -> None:
+def test_retention_after_a_view_change(store: Store) -> None:
     store.save_messages([_vc(1), _nv(1), _vc(2), _nv(2), _prep(5)])
-    store.truncate_views(2)
+    store.retain(viewchange.retention(2))
     assert store.load_messages() == [_vc(2), _nv(2), _prep(5)]
 
 

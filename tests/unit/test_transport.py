@@ -12,9 +12,11 @@ import msgpack
 import pytest
 from aiohttp import web
 
-from consensus.messages import Commit, Message, Prepare
+from consensus.messages import Commit, FetchRequest, Message, Prepare
 from node.codec import encode_message
 from node.config import NodeLimits
+from node.crypto import NodeCrypto, ReplicaKeys, generate_keypair
+from node.peerauth import AUTH_HEADER, PeerAuth
 from node.transport import FROM_HEADER, PEER_PATH, Transport, reason_key
 
 LIMITS = NodeLimits(peer_backoff_min_ms=10, peer_backoff_max_ms=50, peer_timeout_ms=2000)
@@ -43,8 +45,8 @@ class Peer:
     got: list[tuple[int, Message]] = field(default_factory=list)
     accept: bool = True
 
-    def deliver(self, sender: int, msg: Message, size: int) -> bool:
-        assert size > 0
+    def deliver(self, sender: int, msg: Message, frame: bytes) -> bool:
+        assert len(frame) > 0
         if not self.accept:
             return False
         self.got.append((sender, msg))
@@ -68,6 +70,15 @@ class Peer:
             self.runner = None
 
 
+KEYS = [generate_keypair(bytes([0x30 + i]) * 32) for i in range(4)]
+REPLICAS = ReplicaKeys([pub for _, pub in KEYS], b"test-cluster")
+
+
+def _auth(i: int, replicas: ReplicaKeys = REPLICAS) -> PeerAuth:
+    crypto = NodeCrypto(KEYS[i][0], replicas)
+    return PeerAuth(self_id=i, replicas=replicas, sign=crypto.sign, tls=False)
+
+
 def _make_peers(n: int, limits: NodeLimits = LIMITS) -> list[Peer]:
     ports = [_free_port() for _ in range(n)]
     peers: list[Peer] = []
@@ -78,7 +89,8 @@ def _make_peers(n: int, limits: NodeLimits = LIMITS) -> list[Peer]:
             self_id=i,
             peers=urls,
             limits=limits,
-            deliver=lambda s, m, z, b=box: b[0].deliver(s, m, z),
+            deliver=lambda s, m, f, b=box: b[0].deliver(s, m, f),
+            auth=_auth(i),
         )
         p = Peer(i, ports[i], t)
         box.append(p)
@@ -135,7 +147,12 @@ async def _post(
         return r.status, data
 
 
-FRAMES = {FROM_HEADER: "0", "Content-Type": "application/msgpack"}
+FRAMES = {"Content-Type": "application/msgpack"}
+
+
+def signed(body: bytes, sender: int = 0, dest: int = 1) -> dict[str, str]:
+    """Headers of a POST of ``body`` that replica ``sender`` signed for ``dest``."""
+    return {**FRAMES, **_auth(sender).headers(dest, body)}
 
 
 async def test_garbage_frames_are_counted_and_dropped(pair: list[Peer]) -> None:
@@ -144,7 +161,7 @@ async def test_garbage_frames_are_counted_and_dropped(pair: list[Peer]) -> None:
     unknown_tag = msgpack.packb([99, 1, 2])
     short_digest = msgpack.packb([2, 0, 1, b"xx", 0, b"s" * 64])
     body = msgpack.packb([b"\xc1garbage", 42, unknown_tag, short_digest, good], use_bin_type=True)
-    status, _ = await _post(b, body, FRAMES)
+    status, _ = await _post(b, body, signed(body))
     assert status == 204
     assert b.got == [(0, _prepare(5))]
     dropped = b.transport.status()["dropped_frames"]
@@ -160,34 +177,51 @@ async def test_garbage_frames_are_counted_and_dropped(pair: list[Peer]) -> None:
 async def test_inbox_full_is_counted(pair: list[Peer]) -> None:
     _, b = pair
     b.accept = False
-    status, _ = await _post(b, msgpack.packb([encode_message(_prepare(1))]), FRAMES)
+    body = msgpack.packb([encode_message(_prepare(1))])
+    status, _ = await _post(b, body, signed(body))
     assert status == 204
     assert b.transport.status()["dropped_frames"] == {"inbox_full": 1}
+
+
+def _sender(value: str | None) -> Callable[[bytes], dict[str, str]]:
+    def headers(body: bytes) -> dict[str, str]:
+        h = signed(body)
+        if value is None:
+            del h[FROM_HEADER]
+        else:
+            h[FROM_HEADER] = value
+        return h
+
+    return headers
 
 
 @pytest.mark.parametrize(
     ("body", "headers", "status", "error"),
     [
-        (b"\x93\x01", FRAMES, 400, "malformed body"),
-        (msgpack.packb({"a": 1}), FRAMES, 400, "malformed body"),
-        (b"", FRAMES, 400, "malformed body"),
-        (msgpack.packb([]), {**FRAMES, FROM_HEADER: "7"}, 403, "unknown sender"),
-        (msgpack.packb([]), {**FRAMES, FROM_HEADER: "1"}, 403, "unknown sender"),
-        (msgpack.packb([]), {**FRAMES, FROM_HEADER: "x"}, 400, "bad sender header"),
-        (msgpack.packb([]), {"Content-Type": "application/msgpack"}, 400, "bad sender header"),
+        (b"\x93\x01", signed, 400, "malformed body"),
+        (msgpack.packb({"a": 1}), signed, 400, "malformed body"),
+        (b"", signed, 400, "malformed body"),
+        (msgpack.packb([]), _sender("7"), 403, "peer not authenticated"),
+        (msgpack.packb([]), _sender("1"), 403, "peer not authenticated"),
+        (msgpack.packb([]), _sender("x"), 400, "peer not authenticated"),
+        (msgpack.packb([]), _sender(None), 400, "peer not authenticated"),
         (
             msgpack.packb([]),
-            {**FRAMES, "Content-Type": "text/plain"},
+            lambda body: {**signed(body), "Content-Type": "text/plain"},
             415,
             "unsupported content type",
         ),
     ],
 )
 async def test_bad_bodies_get_json_errors(
-    pair: list[Peer], body: bytes, headers: dict[str, str], status: int, error: str
+    pair: list[Peer],
+    body: bytes,
+    headers: Callable[[bytes], dict[str, str]],
+    status: int,
+    error: str,
 ) -> None:
     _, b = pair
-    got_status, data = await _post(b, body, headers)
+    got_status, data = await _post(b, body, headers(body))
     assert got_status == status
     assert data is not None and data["error"] == error
     assert b.got == []
@@ -200,7 +234,8 @@ async def test_oversize_body_is_refused() -> None:
     peers = _make_peers(2, limits)
     try:
         await peers[1].serve()
-        status, data = await _post(peers[1], msgpack.packb([b"x" * 10_000]), FRAMES)
+        body = msgpack.packb([b"x" * 10_000])
+        status, data = await _post(peers[1], body, signed(body))
         assert status == 413
         assert data is not None and data["error"] == "body too large"
     finally:
@@ -249,3 +284,89 @@ def test_reason_key_is_bounded_by_schema_not_input() -> None:
         "NewView.view_changes[].prepared[].digest"
     )
     assert reason_key("frame: unknown message tag 99") == "frame"
+
+
+# -- peer authentication (node/peerauth): a spoofed sender is refused before its body is read
+
+
+def _reason_count(peer: Peer, reason: str) -> int:
+    rejected = peer.transport.status()["rejected_bodies"]
+    assert isinstance(rejected, dict)
+    return int(rejected.get(reason, 0))
+
+
+async def test_a_spoofed_sender_is_refused_and_nothing_is_delivered(pair: list[Peer]) -> None:
+    _, b = pair
+    body = msgpack.packb([encode_message(_prepare(1))])
+    status, data = await _post(b, body, {**FRAMES, FROM_HEADER: "0"})  # the old, unsigned claim
+    assert status == 401 and data is not None and data["error"] == "peer not authenticated"
+    # A signature by replica 2 cannot speak for replica 0, nor one for another receiver.
+    as_two = {**FRAMES, **_auth(2).headers(1, body), FROM_HEADER: "0"}
+    assert (await _post(b, body, as_two))[0] == 401
+    assert (await _post(b, body, signed(body, dest=2)))[0] == 401
+    # A key of another cluster (same replica key, other cluster id) does not verify here.
+    other = ReplicaKeys(list(REPLICAS), b"other-cluster")
+    assert (await _post(b, body, {**FRAMES, **_auth(0, other).headers(1, body)}))[0] == 401
+    assert b.got == []
+    assert _reason_count(b, "bad_peer_auth") == 1
+    assert _reason_count(b, "bad_peer_signature") == 3
+
+
+async def test_a_captured_post_cannot_be_replayed_or_given_another_body(pair: list[Peer]) -> None:
+    _, b = pair
+    body = msgpack.packb([encode_message(_prepare(1))])
+    headers = signed(body)
+    assert (await _post(b, body, headers))[0] == 204
+    assert (await _post(b, body, headers))[0] == 401
+    assert _reason_count(b, "replayed_peer_auth") == 1
+    other = msgpack.packb([encode_message(_prepare(2))])
+    assert (await _post(b, other, signed(body)))[0] == 401
+    assert _reason_count(b, "body_hash_mismatch") == 1
+    assert b.got == [(0, _prepare(1))]
+
+
+async def test_a_stale_signed_post_is_refused(pair: list[Peer]) -> None:
+    _, b = pair
+    body = msgpack.packb([])
+    old = PeerAuth(
+        self_id=0,
+        replicas=REPLICAS,
+        sign=NodeCrypto(KEYS[0][0], REPLICAS).sign,
+        tls=False,
+        clock_ms=lambda: 1_000_000,
+    )
+    assert (await _post(b, body, {**FRAMES, **old.headers(1, body)}))[0] == 401
+    assert _reason_count(b, "stale_peer_auth") == 1
+
+
+async def test_an_unauthenticated_body_is_never_read(pair: list[Peer]) -> None:
+    """The refusal comes before the body: a client announcing 100 MB and sending none of it
+    gets its 401 at once (the node neither waits for nor buffers the body)."""
+    _, b = pair
+    reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
+    try:
+        writer.write(
+            (
+                f"POST {PEER_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/msgpack\r\n"
+                f"{FROM_HEADER}: 0\r\n{AUTH_HEADER}: 1 {'0' * 64} {'0' * 128}\r\n"
+                "Content-Length: 100000000\r\n\r\n"
+            ).encode()
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        assert status_line.split()[1] == b"401"
+    finally:
+        writer.close()
+    assert b.got == []
+
+
+async def test_an_unsigned_message_must_name_its_authenticated_sender(pair: list[Peer]) -> None:
+    """A FetchRequest from replica 0 that names replica 2 as the requester would make node 1
+    send blocks to 2: dropped, counted; one naming 0 itself is delivered."""
+    _, b = pair
+    body = msgpack.packb(
+        [encode_message(FetchRequest(1, 64, 2)), encode_message(FetchRequest(1, 64, 0))]
+    )
+    assert (await _post(b, body, signed(body)))[0] == 204
+    assert b.got == [(0, FetchRequest(1, 64, 0))]
+    assert b.transport.status()["dropped_frames"] == {"replica_not_sender": 1}

@@ -1,0 +1,214 @@
+"""View changes (Castro & Liskov, section 4.4) and the timers that drive them (section 4.5.2)."""
+
+from __future__ import annotations
+
+from consensus.events import Ready, Tick, ViewChangeCause
+from consensus.hashing import GENESIS_HASH
+from consensus.messages import (
+    Commit,
+    FetchRequest,
+    FetchResponse,
+    Prepare,
+    Request,
+    ViewChange,
+)
+from consensus.viewchange import start_view_change
+from tests.consensus.harness import assert_same_chain, start, tx, tx_count
+
+
+def test_backups_replace_a_crashed_primary_and_its_requests_commit_in_the_new_view() -> None:
+    """Section 4.4: backups whose timers expire move to view v+1; the new primary's new-view
+    carries the prepared requests; a replica that missed it learns the view later."""
+    c = start()
+    c.submit(1, [tx(i) for i in range(30)])
+    c.run(300)
+    c.down = {0}
+    c.submit(2, [tx(i) for i in range(100, 140)])
+    c.run(8000)
+    assert [n.replica.view for n in c.nodes[1:]] == [1, 1, 1]
+    assert all(tx_count(n) == 70 for n in c.nodes[1:])
+    assert_same_chain(c, [1, 2, 3])
+    c.down = set()
+    c.submit(3, [tx(i) for i in range(200, 210)])
+    c.run(6000)
+    assert_same_chain(c)
+    assert c.nodes[0].replica.view == 1, "a stale replica must learn the new view"
+
+
+def test_new_view_reissues_committed_batches_by_digest_and_a_laggard_fetches_them() -> None:
+    """Section 4.4 (the set O): a backup that prepared but never saw commits lacks decided
+    blocks when the primary dies; the new-view names them by digest only and the backup fetches
+    them by state transfer."""
+    c = start(checkpoint_interval=8, watermark_window=16)
+    c.submit(1, [tx(i) for i in range(55)])
+    c.run(50, drop=lambda src, dst, m: dst == 3 and isinstance(m, Commit))
+    assert c.nodes[3].replica.last_executed == 0 < c.nodes[1].replica.last_executed
+    c.down = {0}
+    c.submit(2, [tx(i) for i in range(100, 150)])
+    c.run(8000)
+    assert_same_chain(c, [1, 2, 3])
+    assert all(tx_count(c.nodes[i]) == 105 for i in (1, 2, 3))
+    nv = c.nodes[1].replica.new_view_msg
+    assert nv is not None and nv.view == 1
+    assert all(p.pre_prepare.batch.txs == () for vc in nv.view_changes for p in vc.prepared)
+
+
+def test_an_isolated_replica_does_not_start_view_changes_it_cannot_finish() -> None:
+    """Section 4.5.2 (liveness), pre-vote in spirit: a replica that cannot reach a quorum does
+    not start a view change it cannot finish; once the partition heals it is still in the
+    cluster's view."""
+    c = start()
+    c.run(100)
+    c.cut = {3}  # it keeps running: its timers fire
+    c.submit(3, [tx(i) for i in range(10)])  # only the isolated replica has them
+    c.run(10_000)
+    r3 = c.nodes[3].replica
+    assert r3.view == 0 and not r3.in_view_change
+    c.cut = set()
+    c.run(5_000)
+    assert all(n.replica.view == 0 and not n.replica.in_view_change for n in c.nodes)
+    assert all(tx_count(n) == 10 for n in c.nodes)
+    assert_same_chain(c)
+
+
+def test_a_backup_cut_off_under_load_does_not_start_a_view_change() -> None:
+    """Section 4.5.2 (liveness), found by the minority-partition scenario at half of peak: a
+    backup cut off while requests are in flight has its timer armed from its last progress,
+    and every message it last heard came just before that progress; a reachability window as
+    long as the view timeout still counted those peers as reachable when the timer fired, so
+    it moved to view 1 alone and stayed in a view change after the heal. It must first hear
+    from a quorum after it suspects the primary."""
+    # The primary holds partial batches 20 ms (batch_timeout_ms), so the backup's last request
+    # is still waiting, its timer armed, when the cut comes 5 ms later.
+    c = start(batch_timeout_ms=20)
+    for step in range(40):  # steady load, some of it through the backup
+        c.submit(0, [tx(1000 * step + i) for i in range(5)])
+        c.submit(3, [tx(1000 * step + 600)])
+        c.run(25)
+    c.submit(3, [tx(999_999)])  # its timer is armed now, just after the last messages arrived
+    c.run(5)
+    assert c.nodes[3].replica.vc_deadline_ms is not None
+    c.cut = {3}
+    for step in range(40, 400):
+        c.submit(0, [tx(1000 * step + i) for i in range(5)])
+        c.submit(3, [tx(1000 * step + 500)])
+        c.run(25)
+    r3 = c.nodes[3].replica
+    assert r3.view == 0 and not r3.in_view_change, "a cut-off backup started a view change"
+    c.cut = set()
+    c.run(6_000)
+    assert all(n.replica.view == 0 and not n.replica.in_view_change for n in c.nodes)
+    assert_same_chain(c)
+
+
+def test_a_primary_never_suspects_itself() -> None:
+    """Section 4.4: the backups time the primary. Found at twice the peak load: a primary whose
+    own pipeline waited on slow backups for a view timeout fired its timer, and its view-change
+    with one backup's made the f+1 that moved everyone while it was committing. Here nothing
+    the primary sends but its heartbeats gets through, and only it holds requests."""
+    c = start()
+    c.run(100)
+    c.submit(0, [tx(i) for i in range(10)])
+    c.run(10_000, drop=lambda src, dst, m: src == 0 and not isinstance(m, FetchRequest))
+    r0 = c.nodes[0].replica
+    assert r0.view == 0 and not r0.in_view_change and r0.vc_deadline_ms is None
+    assert all(n.replica.view == 0 for n in c.nodes)
+    c.run(3_000)
+    assert all(tx_count(n) == 10 for n in c.nodes)
+
+
+def test_a_view_change_says_why_it_started() -> None:
+    c = start()
+    causes: list[tuple[int, ViewChangeCause]] = []
+    apply = c.apply
+
+    def noting(i: int, ready: Ready) -> None:
+        if ready.view_change_cause is not None:
+            causes.append((i, ready.view_change_cause))
+        apply(i, ready)
+
+    c.apply = noting  # type: ignore[method-assign]
+    c.submit(1, [tx(1)])
+    c.down = {0}
+    c.run(8_000)
+    assert causes and causes[0] == (1, ViewChangeCause.VIEW_TIMER)
+    assert {cause for _, cause in causes} <= {
+        ViewChangeCause.VIEW_TIMER,
+        ViewChangeCause.F_PLUS_ONE,
+    }
+
+
+def test_the_view_change_timer_starts_only_with_2f_plus_1_view_changes() -> None:
+    """Section 4.5.2: a replica in a view change does not climb views on new requests while no
+    quorum of view-changes for its view has arrived."""
+    c = start()
+    r = c.nodes[1].replica
+    r.step(Tick(), 0)
+    start_view_change(r, 1, Ready(), ViewChangeCause.VIEW_TIMER)
+    for t in range(1, 20):
+        r.step(Tick(), t * 1000)
+        c.submit(1, [tx(1000 + t)])
+    assert r.view == 1, "no quorum of view-changes for view 1: its timer must not run"
+
+
+def test_a_replica_just_reconnected_catches_up_before_suspecting_the_primary() -> None:
+    """Section 4.5.2 (liveness), found by the minority-partition scenario: the timer of a
+    replica that had been cut off fired 150 ms after the heal, before state transfer and
+    request relays had run; it started a view change nobody joined and stayed out of the
+    protocol."""
+    c = start()
+    c.run(100)
+    c.down = {3}
+    c.submit(3, [tx(i) for i in range(10)])
+    c.submit(0, [tx(i) for i in range(100, 140)])
+    c.run(6_000)
+    c.down = set()
+    slow_catch_up = lambda src, dst, m: (  # noqa: E731
+        (dst == 3 and isinstance(m, FetchResponse)) or (src == 3 and isinstance(m, Request))
+    )
+    c.run(1_000, drop=slow_catch_up)
+    assert not c.nodes[3].replica.in_view_change
+    c.run(3_000)
+    assert all(n.replica.view == 0 and not n.replica.in_view_change for n in c.nodes)
+    assert all(tx_count(n) == 50 for n in c.nodes)
+
+
+def test_after_a_view_change_the_shell_forgets_the_earlier_views_messages() -> None:
+    """Section 4.4: once a replica moves to view v, view-changes and new-views for views
+    below v are never needed again; the core says so in ``Ready.retain``."""
+    c = start()
+    r = c.nodes[1].replica
+    out = Ready()
+    start_view_change(r, 2, out, ViewChangeCause.VIEW_TIMER)
+    assert out.view_changed == 2 and out.retain is not None
+    assert out.retain.covers(ViewChange(1, 0, GENESIS_HASH, (), (), 3))
+    assert not out.retain.covers(ViewChange(2, 0, GENESIS_HASH, (), (), 3))
+    assert not out.retain.covers(Prepare(1, 1, bytes(32), 3))
+
+
+def test_a_request_a_backup_holds_only_in_a_pre_prepare_still_starts_its_timer() -> None:
+    """Section 4.4: a backup is waiting for a request it received and has not executed, and
+    starts its timer when it receives one. Here the backups saw the request only inside the
+    pre-prepare of a primary that then goes silent, and view 0's votes never get through: the
+    client's retransmission to every replica (section 4.1) must start their timers, or the
+    cluster sits in view 0 forever with the request in flight (sim seed 100763)."""
+    c = start()
+    t1 = tx(1)
+
+    def view_0_votes(src: int, dst: int, m: object) -> bool:
+        return isinstance(m, Prepare | Commit) and m.view == 0
+
+    c.submit(0, [t1])
+    c.run(50, drop=view_0_votes)
+    assert all(c.nodes[i].replica.log.slot(1).pre_prepare is not None for i in (1, 2, 3))
+    assert all(c.nodes[i].replica.mempool_size == 0 for i in (1, 2, 3))
+    c.down = {0}
+    for i in (1, 2, 3):
+        c.submit(i, [t1])
+    c.run(3000, drop=view_0_votes)
+    assert [n.replica.view for n in c.nodes[1:]] == [1, 1, 1], "the silent primary is replaced"
+    for i in (1, 2, 3):
+        c.submit(i, [t1])
+    c.run(3000)
+    assert all(tx_count(n) == 1 for n in c.nodes[1:])
+    assert_same_chain(c, [1, 2, 3])
