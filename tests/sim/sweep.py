@@ -10,8 +10,10 @@ Ctrl-C the parent terminates them and reports the seeds that finished.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import signal
+import threading
 import time
 import traceback
 from collections import Counter
@@ -143,20 +145,42 @@ def iter_results(
         return
     # fork: workers start in milliseconds with the parent's imports (and its sys.path).
     ctx = multiprocessing.get_context("fork")
-    # A Ctrl-C while the workers are being forked would leave the ones already started
-    # running (and holding the terminal's pipes), and reach a worker before its initializer
-    # ignores it: hold SIGINT until the pool exists and its cleanup below is armed.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    pool = None
     try:
-        pool = ctx.Pool(jobs, initializer=_init_worker)
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    try:
+        with _ctrl_c_held() as interrupted:
+            pool = ctx.Pool(jobs, initializer=_init_worker)
+        if interrupted:
+            raise KeyboardInterrupt
         yield from pool.imap(_run_task, _tasks(plan, scenario, codec), chunksize=1)
         pool.close()
     finally:
-        pool.terminate()
-        pool.join()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[list[bool]]:
+    """Hold Ctrl-C while the pool is built, then report it.
+
+    A Ctrl-C inside ``Pool()`` would leave the workers already forked running (no pool object
+    to terminate) and could reach a worker before its initializer ignores it. Blocking SIGINT
+    covers the forks (a child starts with its parent thread's mask) but not the process: another
+    thread may take the signal, and the handler then runs in the main thread mid-``Pool()``.
+    So a recording handler is installed as well; the caller raises once the pool exists."""
+    if threading.current_thread() is not threading.main_thread():
+        yield []  # signal handlers can only be set from the main thread
+        return
+    caught: list[bool] = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield caught
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a held one is caught now
+        signal.signal(signal.SIGINT, previous)
+        if caught and previous is signal.SIG_IGN:
+            caught.clear()
 
 
 def run_many(seeds: range, scenario: str, n: int, jobs: int, codec: bool = True) -> list[SimResult]:

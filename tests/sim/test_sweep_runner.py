@@ -137,8 +137,11 @@ def test_ctrl_c_while_the_workers_start_leaves_none_running(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A SIGINT that lands while the pool is being built (a loaded machine makes that window
-    wide) still stops every worker."""
+    wide) still stops every worker. A second thread is alive, as in a pytest run with helper
+    threads: with SIGINT blocked only in the main thread, the kernel hands the signal to that
+    thread and Python runs the handler in the main thread mid-``Pool()`` (CI, once)."""
     import multiprocessing.pool
+    import threading
 
     import psutil
 
@@ -156,9 +159,16 @@ def test_ctrl_c_while_the_workers_start_leaves_none_running(
         multiprocessing.pool.Pool, "_repopulate_pool_static", staticmethod(fork_then_interrupt)
     )
     plan = [sweep.Range(4, 0, 100_000)]
-    with pytest.raises(KeyboardInterrupt):
-        for _ in sweep.iter_results(plan, "random", 2):
-            pass
+    release = threading.Event()
+    bystander = threading.Thread(target=release.wait, args=(60,), daemon=True)
+    bystander.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            for _ in sweep.iter_results(plan, "random", 2):
+                pass
+    finally:
+        release.set()
+        bystander.join(timeout=10)
     assert interrupted
     me = psutil.Process()
     _, alive = psutil.wait_procs(me.children(recursive=True), timeout=30)
