@@ -23,40 +23,35 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 from consensus.config import ReplicaConfig
+from node.configfields import (
+    ConfigError,
+    check_key,
+    check_port,
+    check_url,
+    hex_key,
+    int_field,
+    only_keys,
+    path_field,
+    str_field,
+    sub_table,
+    table_array,
+)
 from node.crypto import MAX_CLUSTER_ID_BYTES, ReplicaKeys
 from node.faults.model import FaultError, FaultsConfig, parse_faults_table
 
-PUBLIC_KEY_BYTES = 32
 LOG_LEVELS = ("debug", "info", "warning", "error")
 VOTE_LOG_SYNC = ("full", "normal")
-_MAX_PORT = 65_535
 _MAX_HOSPITAL_LEN = 128
 # Fields of ReplicaConfig that the file may not set: they follow from [node].id and [[replicas]].
-_DERIVED_CONSENSUS_FIELDS = frozenset({"n", "replica_id"})
+DERIVED_CONSENSUS_FIELDS = frozenset({"n", "replica_id"})
 _CLUSTER_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-
-
-class ConfigError(ValueError):
-    """A config problem, naming the file (when known), the field and what is wrong with it."""
-
-    def __init__(self, field: str, problem: str, source: str | None = None) -> None:
-        self.field = field
-        self.problem = problem
-        self.source = source
-        where = f"{source}: " if source else ""
-        super().__init__(f"{where}{field}: {problem}")
-
-    def with_source(self, source: str) -> ConfigError:
-        return ConfigError(self.field, self.problem, source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +220,7 @@ class NodeConfig:
     registered client or replica key (a TLS certificate or a signed read token) may."""
 
     def __post_init__(self) -> None:
-        _check_port("node.port", self.port)
+        check_port("node.port", self.port)
         _check_cluster_id(self.cluster_id)
         if self.tls.enabled and any(not r.url.startswith("https://") for r in self.replicas):
             raise ConfigError("replicas", "every url must be https:// when tls.enabled = true")
@@ -243,8 +238,8 @@ class NodeConfig:
                 raise ConfigError(
                     f"replicas[{i}].id", f"must equal its position {i} (ids are 0..n-1), got {r.id}"
                 )
-            _check_url(f"replicas[{i}].url", r.url)
-            _check_key(f"replicas[{i}].public_key", r.public_key)
+            check_url(f"replicas[{i}].url", r.url)
+            check_key(f"replicas[{i}].public_key", r.public_key)
             if r.public_key in seen_keys:
                 raise ConfigError(
                     f"replicas[{i}].public_key", f"duplicates replicas[{seen_keys[r.public_key]}]"
@@ -262,12 +257,12 @@ class NodeConfig:
                 raise ConfigError(
                     f"clients[{i}].hospital", f"must be 1..{_MAX_HOSPITAL_LEN} characters"
                 )
-            _check_key(f"clients[{i}].public_key", c.public_key)
+            check_key(f"clients[{i}].public_key", c.public_key)
             if c.public_key in seen_clients:
                 raise ConfigError(f"clients[{i}].public_key", "duplicates an earlier client key")
             seen_clients.add(c.public_key)
         if self.operator_public_key is not None:
-            _check_key("operator.public_key", self.operator_public_key)
+            check_key("operator.public_key", self.operator_public_key)
 
     @property
     def n(self) -> int:
@@ -355,7 +350,7 @@ def load_config(path: str | os.PathLike[str]) -> NodeConfig:
 
 def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> NodeConfig:
     """Validate an already-parsed TOML document (relative paths resolve against base_dir)."""
-    _only_keys(
+    only_keys(
         "",
         data,
         {
@@ -372,18 +367,18 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> NodeConfig:
             "access",
         },
     )
-    node = _table(data, "node", required=True)
-    _only_keys(
+    node = sub_table(data, "node", required=True)
+    only_keys(
         "node", node, {"id", "host", "port", "data_dir", "key_file", "log_level", "vote_log_sync"}
     )
-    node_id = _int(node, "node", "id", required=True)
+    node_id = int_field(node, "node", "id", required=True)
     replicas = _replicas(data)
     return NodeConfig(
         node_id=node_id,
-        host=_str(node, "node", "host", default="127.0.0.1"),
-        port=_int(node, "node", "port", required=True),
-        data_dir=_path(node, "node", "data_dir", base_dir),
-        key_file=_path(node, "node", "key_file", base_dir),
+        host=str_field(node, "node", "host", default="127.0.0.1"),
+        port=int_field(node, "node", "port", required=True),
+        data_dir=path_field(node, "node", "data_dir", base_dir),
+        key_file=path_field(node, "node", "key_file", base_dir),
         replicas=replicas,
         clients=_clients(data),
         operator_public_key=_operator(data),
@@ -391,8 +386,8 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> NodeConfig:
         audit_enabled=_audit_enabled(data),
         consensus=_consensus(data, len(replicas), node_id),
         limits=_limits(data),
-        log_level=_str(node, "node", "log_level", default="info"),
-        vote_log_sync=_str(node, "node", "vote_log_sync", default="full"),
+        log_level=str_field(node, "node", "log_level", default="info"),
+        vote_log_sync=str_field(node, "node", "vote_log_sync", default="full"),
         cluster_id=_cluster_id(data),
         tls=_tls(data, base_dir),
         access_open=_bool_key(data, "access", "open", default=False),
@@ -401,14 +396,14 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path) -> NodeConfig:
 
 def _replicas(data: Mapping[str, Any]) -> tuple[ReplicaEntry, ...]:
     out = []
-    for i, item in enumerate(_array_of_tables(data, "replicas")):
+    for i, item in enumerate(table_array(data, "replicas")):
         where = f"replicas[{i}]"
-        _only_keys(where, item, {"id", "url", "public_key"})
+        only_keys(where, item, {"id", "url", "public_key"})
         out.append(
             ReplicaEntry(
-                id=_int(item, where, "id", required=True),
-                url=_str(item, where, "url", required=True),
-                public_key=_hex_key(item, where, "public_key"),
+                id=int_field(item, where, "id", required=True),
+                url=str_field(item, where, "url", required=True),
+                public_key=hex_key(item, where, "public_key"),
             )
         )
     return tuple(out)
@@ -416,24 +411,24 @@ def _replicas(data: Mapping[str, Any]) -> tuple[ReplicaEntry, ...]:
 
 def _clients(data: Mapping[str, Any]) -> tuple[ClientEntry, ...]:
     out = []
-    for i, item in enumerate(_array_of_tables(data, "clients")):
+    for i, item in enumerate(table_array(data, "clients")):
         where = f"clients[{i}]"
-        _only_keys(where, item, {"hospital", "public_key"})
+        only_keys(where, item, {"hospital", "public_key"})
         out.append(
             ClientEntry(
-                hospital=_str(item, where, "hospital", required=True),
-                public_key=_hex_key(item, where, "public_key"),
+                hospital=str_field(item, where, "hospital", required=True),
+                public_key=hex_key(item, where, "public_key"),
             )
         )
     return tuple(out)
 
 
 def _operator(data: Mapping[str, Any]) -> bytes | None:
-    table = _table(data, "operator", required=False)
+    table = sub_table(data, "operator", required=False)
     if not table:
         return None
-    _only_keys("operator", table, {"public_key"})
-    return _hex_key(table, "operator", "public_key")
+    only_keys("operator", table, {"public_key"})
+    return hex_key(table, "operator", "public_key")
 
 
 def _faults(data: Mapping[str, Any]) -> FaultsConfig:
@@ -449,8 +444,8 @@ def _audit_enabled(data: Mapping[str, Any]) -> bool:
 
 def _bool_key(data: Mapping[str, Any], section: str, key: str, *, default: bool) -> bool:
     """The one boolean of a one-key table ([audit] enabled, [access] open)."""
-    table = _table(data, section, required=False)
-    _only_keys(section, table, {key})
+    table = sub_table(data, section, required=False)
+    only_keys(section, table, {key})
     value = table.get(key, default)
     if type(value) is not bool:
         raise ConfigError(f"{section}.{key}", f"must be true or false, got {value!r}")
@@ -458,19 +453,19 @@ def _bool_key(data: Mapping[str, Any], section: str, key: str, *, default: bool)
 
 
 def _cluster_id(data: Mapping[str, Any]) -> str:
-    table = _table(data, "cluster", required=False)
-    _only_keys("cluster", table, {"id"})
-    return _str(table, "cluster", "id", default="")
+    table = sub_table(data, "cluster", required=False)
+    only_keys("cluster", table, {"id"})
+    return str_field(table, "cluster", "id", default="")
 
 
 def _tls(data: Mapping[str, Any], base_dir: Path) -> TlsConfig:
-    table = _table(data, "tls", required=False)
-    _only_keys("tls", table, {"enabled", "ca_file", "cert_file", "key_file"})
+    table = sub_table(data, "tls", required=False)
+    only_keys("tls", table, {"enabled", "ca_file", "cert_file", "key_file"})
     enabled = table.get("enabled", False)
     if type(enabled) is not bool:
         raise ConfigError("tls.enabled", f"must be true or false, got {enabled!r}")
     paths = {
-        name: _path(table, "tls", name, base_dir) if name in table else None
+        name: path_field(table, "tls", name, base_dir) if name in table else None
         for name in ("ca_file", "cert_file", "key_file")
     }
     return TlsConfig(enabled=enabled, **paths)
@@ -484,21 +479,21 @@ def _check_cluster_id(cluster_id: object) -> None:
 
 
 def _consensus(data: Mapping[str, Any], n: int, node_id: int) -> ReplicaConfig:
-    table = _table(data, "consensus", required=False)
+    table = sub_table(data, "consensus", required=False)
     allowed = _consensus_fields()
-    _only_keys("consensus", table, allowed)
-    overrides = {k: _int(table, "consensus", k, required=True) for k in table}
+    only_keys("consensus", table, allowed)
+    overrides = {k: int_field(table, "consensus", k, required=True) for k in table}
     return _replica_config(overrides, n, node_id)
 
 
 def _limits(data: Mapping[str, Any]) -> NodeLimits:
-    table = _table(data, "limits", required=False)
-    _only_keys("limits", table, {f.name for f in dataclasses.fields(NodeLimits)})
-    return NodeLimits(**{k: _int(table, "limits", k, required=True) for k in table})
+    table = sub_table(data, "limits", required=False)
+    only_keys("limits", table, {f.name for f in dataclasses.fields(NodeLimits)})
+    return NodeLimits(**{k: int_field(table, "limits", k, required=True) for k in table})
 
 
 def _consensus_fields() -> set[str]:
-    return {f.name for f in dataclasses.fields(ReplicaConfig)} - _DERIVED_CONSENSUS_FIELDS
+    return {f.name for f in dataclasses.fields(ReplicaConfig)} - DERIVED_CONSENSUS_FIELDS
 
 
 _ZERO_ALLOWED_CONSENSUS_FIELDS: Final = frozenset({"batch_timeout_ms"})
@@ -524,210 +519,6 @@ def _replica_config(overrides: dict[str, int], n: int, node_id: int) -> ReplicaC
         raise ConfigError("consensus", str(e)) from e
 
 
-# Typed accessors: each names the field it reads in its error.
-
-
-def _table(data: Mapping[str, Any], key: str, *, required: bool) -> Mapping[str, Any]:
-    value = data.get(key)
-    if value is None:
-        if required:
-            raise ConfigError(key, "missing table")
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(key, f"must be a table ([{key}]), got {type(value).__name__}")
-    return value
-
-
-def _array_of_tables(data: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
-    value = data.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise ConfigError(key, f"must be an array of tables ([[{key}]])")
-    return value
-
-
-def _only_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None:
-    for k in table:
-        if k not in allowed:
-            name = f"{where}.{k}" if where else k
-            raise ConfigError(name, f"unknown key (allowed: {', '.join(sorted(allowed))})")
-
-
-def _int(
-    table: Mapping[str, Any], where: str, key: str, *, required: bool = False, default: int = 0
-) -> int:
-    if key not in table:
-        if required:
-            raise ConfigError(f"{where}.{key}", "missing")
-        return default
-    value = table[key]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{where}.{key}", f"must be an integer, got {value!r}")
-    return value
-
-
-def _str(
-    table: Mapping[str, Any], where: str, key: str, *, required: bool = False, default: str = ""
-) -> str:
-    if key not in table:
-        if required:
-            raise ConfigError(f"{where}.{key}", "missing")
-        return default
-    value = table[key]
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}.{key}", f"must be a string, got {value!r}")
-    return value
-
-
-def _path(table: Mapping[str, Any], where: str, key: str, base_dir: Path) -> Path:
-    raw = _str(table, where, key, required=True)
-    if not raw:
-        raise ConfigError(f"{where}.{key}", "must not be empty")
-    p = Path(raw).expanduser()
-    return p if p.is_absolute() else base_dir / p
-
-
-def _hex_key(table: Mapping[str, Any], where: str, key: str) -> bytes:
-    raw = _str(table, where, key, required=True)
-    try:
-        value = bytes.fromhex(raw)
-    except ValueError as e:
-        raise ConfigError(f"{where}.{key}", "not valid hex") from e
-    _check_key(f"{where}.{key}", value)
-    return value
-
-
-def _check_key(name: str, value: bytes) -> None:
-    if len(value) != PUBLIC_KEY_BYTES:
-        raise ConfigError(
-            name, f"must be {PUBLIC_KEY_BYTES} bytes ({2 * PUBLIC_KEY_BYTES} hex), got {len(value)}"
-        )
-
-
-def _check_port(name: str, port: int) -> None:
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= _MAX_PORT:
-        raise ConfigError(name, f"must be an integer in 1..{_MAX_PORT}, got {port!r}")
-
-
-def _check_url(name: str, url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(name, f"must be an http(s)://host:port URL, got {url!r}")
-    try:
-        port = parts.port
-    except ValueError as e:
-        raise ConfigError(name, f"bad port in {url!r}") from e
-    if port is None:
-        raise ConfigError(name, f"must name a port explicitly, got {url!r}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ConfigError(name, f"must be a base URL without path or query, got {url!r}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing
-
-
-def render_config(config: NodeConfig) -> str:
-    """TOML text for ``config``; only values that differ from the defaults are written."""
-    lines = [
-        "# medchain node config (written by `medchain init`; see configs/defaults.toml)",
-        "[node]",
-        f"id = {config.node_id}",
-        f"host = {_toml_str(config.host)}",
-        f"port = {config.port}",
-        f"data_dir = {_toml_str(str(config.data_dir))}",
-        f"key_file = {_toml_str(str(config.key_file))}",
-    ]
-    if config.log_level != "info":
-        lines.append(f"log_level = {_toml_str(config.log_level)}")
-    if config.vote_log_sync != "full":
-        lines.append(f"vote_log_sync = {_toml_str(config.vote_log_sync)}")
-    if config.cluster_id:
-        lines += ["", "[cluster]", f"id = {_toml_str(config.cluster_id)}"]
-    if config.tls.enabled:
-        lines += ["", "[tls]", "enabled = true"]
-        for name in ("ca_file", "cert_file", "key_file"):
-            lines.append(f"{name} = {_toml_str(str(getattr(config.tls, name)))}")
-    if config.access_open:
-        lines += [
-            "",
-            "# Anyone who can reach this node may read every record's metadata: a dev cluster.",
-            "[access]",
-            "open = true",
-        ]
-    lines += _overrides_table(
-        "consensus", config.consensus, ReplicaConfig(n=config.n, replica_id=0)
-    )
-    lines += _overrides_table("limits", config.limits, NodeLimits())
-    for r in config.replicas:
-        lines += [
-            "",
-            "[[replicas]]",
-            f"id = {r.id}",
-            f"url = {_toml_str(r.url)}",
-            f'public_key = "{r.public_key.hex()}"',
-        ]
-    for c in config.clients:
-        lines += [
-            "",
-            "[[clients]]",
-            f"hospital = {_toml_str(c.hospital)}",
-            f'public_key = "{c.public_key.hex()}"',
-        ]
-    if config.operator_public_key is not None:
-        lines += ["", "[operator]", f'public_key = "{config.operator_public_key.hex()}"']
-    if config.faults.enabled:
-        lines += ["", "[faults]", "enabled = true"]
-        if config.faults.seed is not None:
-            lines.append(f"seed = {config.faults.seed}")
-    if not config.audit_enabled:
-        lines += ["", "[audit]", "enabled = false"]
-    return "\n".join(lines) + "\n"
-
-
-def write_config(path: str | os.PathLike[str], config: NodeConfig) -> None:
-    """Atomically write ``config`` as TOML to ``path`` (temp file + fsync + rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    text = render_config(config).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _overrides_table(name: str, value: object, default: object) -> list[str]:
-    skip = _DERIVED_CONSENSUS_FIELDS if name == "consensus" else frozenset()
-    out = [
-        f"{f.name} = {getattr(value, f.name)}"
-        for f in dataclasses.fields(value)  # type: ignore[arg-type]
-        if f.name not in skip and getattr(value, f.name) != getattr(default, f.name)
-    ]
-    return ["", f"[{name}]", *out] if out else []
-
-
-def _toml_str(s: str) -> str:
-    """A TOML basic string: escape backslash, quote and every control character."""
-    out = ['"']
-    for ch in s:
-        code = ord(ch)
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch == '"':
-            out.append('\\"')
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
 __all__ = [
     "LOG_LEVELS",
     "ClientEntry",
@@ -739,6 +530,4 @@ __all__ = [
     "load_config",
     "make_node_config",
     "parse_config",
-    "render_config",
-    "write_config",
 ]

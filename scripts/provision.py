@@ -34,8 +34,8 @@ from node.config import (
     TlsConfig,
     load_config,
     make_node_config,
-    write_config,
 )
+from node.configwrite import write_config
 from node.crypto import generate_keypair, save_key
 from node.tls import cert_pem, issue, key_pem, make_ca, write_private, write_public
 from scripts.cluster import ClusterLayout, ClusterProcesses, hospital_id

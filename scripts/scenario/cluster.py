@@ -9,7 +9,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from node.config import load_config, write_config
+from node.config import load_config
+from node.configwrite import write_config
 from node.crypto import ReplicaKeys, load_key
 from node.faults import FaultsConfig
 from node.ledger import ClientRegistry

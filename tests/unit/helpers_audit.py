@@ -20,7 +20,8 @@ from node.audit.auditor import Auditor
 from node.audit.evidence import KIND_CONFLICT, Exhibit, block_exhibit_text, make_evidence
 from node.audit.log import AuditLog
 from node.audit.settings import AuditSettings
-from node.config import ClientEntry, ReplicaEntry, make_node_config, write_config
+from node.config import ClientEntry, ReplicaEntry, make_node_config
+from node.configwrite import write_config
 from node.crypto import Signer
 from node.ledger import (
     Block,

@@ -521,7 +521,7 @@ def test_run_node_process_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
     import time
     import urllib.request
 
-    from node.config import write_config
+    from node.configwrite import write_config
 
     config = make_configs(tmp_path)[0]
     path = tmp_path / "node0.toml"

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from node.config import ConfigError, load_config, render_config
+from node.config import ConfigError, load_config
+from node.configwrite import render_config
 from node.ledger import Block
 from node.runtime import STORE_FILE, Node
 from tests.unit.helpers_audit import chain_of_ten, new_store, write_test_config

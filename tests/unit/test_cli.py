@@ -28,8 +28,8 @@ from node.config import (
     ReplicaEntry,
     load_config,
     make_node_config,
-    write_config,
 )
+from node.configwrite import write_config
 from node.crypto import load_key
 from node.store import Store
 from scripts import cli, client, provision, submit, verify

@@ -16,9 +16,8 @@ from node.config import (
     ReplicaEntry,
     load_config,
     make_node_config,
-    render_config,
-    write_config,
 )
+from node.configwrite import render_config, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 

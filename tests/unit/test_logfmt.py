@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from node.config import write_config
+from node.configwrite import write_config
 from node.logfmt import JsonFormatter
 from node.main import build_parser
 from tests.unit.test_api import make_configs

@@ -5,7 +5,8 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from node.config import ClientEntry, ReplicaEntry, load_config, make_node_config, write_config
+from node.config import ClientEntry, ReplicaEntry, load_config, make_node_config
+from node.configwrite import write_config
 from node.crypto import generate_keypair
 from scripts.scenario import enable_faults
 
