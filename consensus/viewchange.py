@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from consensus import checkpoints, normal
+from consensus import checkpoints, normal, statetransfer
 from consensus.events import DropReason, Forget, Ready, Retention, ViewChangeCause
 from consensus.hashing import GENESIS_HASH
 from consensus.messages import (
@@ -50,6 +50,7 @@ def on_view_timeout(r: Replica, out: Ready) -> None:
     again shortly. Only liveness depends on this choice, never safety."""
     if r.suspected_at_ms is None:
         r.suspected_at_ms = r.now_ms
+        _announce_suspicion(r, out)
     recheck_ms = _defer_for_ms(r, r.suspected_at_ms)
     if recheck_ms is not None:
         r.vc_deadline_ms = r.now_ms + recheck_ms
@@ -63,11 +64,19 @@ def on_request_timeout(r: Replica, out: Ready) -> None:
     (progress elsewhere does not clear this suspicion: only a new view does)."""
     if r.request_suspected_at_ms is None:
         r.request_suspected_at_ms = r.now_ms
+        _announce_suspicion(r, out)
     recheck_ms = _defer_for_ms(r, r.request_suspected_at_ms)
     if recheck_ms is not None:
         r.request_check_ms = r.now_ms + recheck_ms
         return
     start_view_change(r, r.view + 1, out, ViewChangeCause.REQUEST_TIMER)
+
+
+def _announce_suspicion(r: Replica, out: Ready) -> None:
+    """Heartbeat now: a suspicion waits for a quorum heard from after it (``_defer_for_ms``),
+    and the other backups, whose timers fire about now too, would otherwise hear from this one
+    only at its next heartbeat, up to ``heartbeat_ms`` later."""
+    statetransfer.heartbeat(r, out)
 
 
 def _defer_for_ms(r: Replica, suspected_at_ms: int) -> int | None:
@@ -83,7 +92,7 @@ def _defer_for_ms(r: Replica, suspected_at_ms: int) -> int | None:
     # heard, so "heard lately" cannot tell a dead primary from our own partition: a quorum
     # must be heard from after we suspect it (every peer's heartbeat is due within
     # ``heartbeat_ms``). Found by the minority-partition scenario at half of peak.
-    if not r.quorum_reachable(since_ms=suspected_at_ms + 1):
+    if not r.quorum_reachable(since_ms=suspected_at_ms):
         return max(1, heartbeat // 5)
     return None
 

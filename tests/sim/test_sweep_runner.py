@@ -159,6 +159,7 @@ def test_ctrl_c_while_the_workers_start_leaves_none_running(
         multiprocessing.pool.Pool, "_repopulate_pool_static", staticmethod(fork_then_interrupt)
     )
     plan = [sweep.Range(4, 0, 100_000)]
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     release = threading.Event()
     bystander = threading.Thread(target=release.wait, args=(60,), daemon=True)
     bystander.start()
@@ -170,11 +171,27 @@ def test_ctrl_c_while_the_workers_start_leaves_none_running(
         release.set()
         bystander.join(timeout=10)
     assert interrupted
-    me = psutil.Process()
-    _, alive = psutil.wait_procs(me.children(recursive=True), timeout=30)
-    for proc in alive:
+    _, alive = psutil.wait_procs(_new_children(before), timeout=30)
+    running = [p for p in alive if _running(p)]
+    for proc in running:
         proc.kill()
-    assert not alive, f"workers left running: {[p.pid for p in alive]}"
+    assert not running, f"workers left running: {[p.pid for p in running]}"
+
+
+def _new_children(before: set[int]) -> list[object]:
+    import psutil
+
+    return [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+
+
+def _running(proc: object) -> bool:
+    """Not exited: a zombie has exited (another test's, not yet reaped by its parent)."""
+    import psutil
+
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE  # type: ignore[attr-defined,no-any-return]
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_workers_are_forked_with_ctrl_c_held_until_they_ignore_it(
