@@ -49,8 +49,9 @@ MAX_STR_BYTES: Final = 4096
 MAX_UINT: Final = (1 << 63) - 1
 """Views, seqs and timestamps fit a signed 64-bit integer (SQLite INTEGER, 8-byte chain link)."""
 MAX_DEPTH: Final = 16
-"""Deepest array nesting accepted (a new-view's batch tx ids are 8 deep); checked by a scan of
-the bytes before msgpack builds anything."""
+"""Deepest array nesting accepted (a new-view's batch tx ids are 8 deep). msgpack itself stops
+at 1024 levels (StackError) and builds at most one object per input byte; :func:`unpack`
+checks the rest on the decoded value."""
 DIGEST_SIZE: Final = 32
 SIGNATURE_SIZE: Final = 64
 
@@ -156,9 +157,10 @@ def _refused_type(b: int) -> str:
 def unpack(data: object, *, max_bytes: int = MAX_FRAME_BYTES, what: str = "frame") -> object:
     """Strictly unpack one msgpack value: arrays become tuples, maps and ext types are refused.
 
-    Nesting deeper than MAX_DEPTH is refused by a scan before msgpack runs (:func:`check_nesting`),
-    every length is bounded by msgpack itself before anything is allocated; callers still check
-    each value's type and shape.
+    Every length is bounded by msgpack itself before anything is allocated; nesting deeper than
+    MAX_DEPTH, maps and ext types are refused on the decoded value (:func:`_check_decoded`: a
+    C-level pass per array, where a scan of the bytes in Python cost more than msgpack itself);
+    callers still check each value's type and shape.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise CodecError(f"{what}: expected bytes, got {type(data).__name__}")
@@ -167,9 +169,8 @@ def unpack(data: object, *, max_bytes: int = MAX_FRAME_BYTES, what: str = "frame
         raise CodecError(f"{what}: empty")
     if size > max_bytes:
         raise CodecError(f"{what}: {size} bytes exceeds the limit of {max_bytes}")
-    check_nesting(bytes(data) if not isinstance(data, bytes) else data, MAX_DEPTH, what)
     try:
-        return msgpack.unpackb(
+        value = msgpack.unpackb(
             data,
             use_list=False,
             raw=False,
@@ -191,6 +192,34 @@ def unpack(data: object, *, max_bytes: int = MAX_FRAME_BYTES, what: str = "frame
         # input, the caller must only ever see CodecError. Only the message's type is quoted,
         # never the value, so a hostile frame cannot make our error text large.
         raise CodecError(f"{what}: not valid msgpack ({type(e).__name__}: {_short(e)})") from None
+    _check_decoded(value, 1, what)
+    return value
+
+
+def _check_decoded(value: object, depth: int, what: str) -> None:
+    """The rules :func:`check_nesting` applies to bytes, applied to a decoded value: no map or
+    ext type (an empty one gets past msgpack's length limits) and arrays at most MAX_DEPTH deep.
+    ``set(map(type, ...))`` runs in C, so an array of scalars (a batch's txs) costs one pass."""
+    if type(value) is not tuple:
+        if type(value) in _REFUSED_DECODED:
+            raise CodecError(f"{what}: {_REFUSED_DECODED[type(value)]}")
+        return
+    kinds = set(map(type, value))
+    if not kinds.isdisjoint(_REFUSED_DECODED):
+        kind = next(k for k in kinds if k in _REFUSED_DECODED)
+        raise CodecError(f"{what}: {_REFUSED_DECODED[kind]}")
+    if tuple in kinds:
+        if depth >= MAX_DEPTH:
+            raise CodecError(f"{what}: not valid msgpack, nested too deep (over {MAX_DEPTH})")
+        for item in value:
+            if type(item) is tuple:
+                _check_decoded(item, depth + 1, what)
+
+
+_REFUSED_DECODED: Final[dict[type, str]] = {
+    dict: "not valid msgpack here (a map; only arrays are allowed)",
+    msgpack.ExtType: "not valid msgpack here (an ext type)",
+}
 
 
 def expect_array(

@@ -178,24 +178,9 @@ class ConsensusLoop:
             self.pending.add(msg.batch.tx_ids, self.clock())
 
     def _apply(self, readies: list[Ready]) -> None:
-        store = self.store
-        persist = [m for r in readies for m in r.persist]
-        if persist:
-            # Encoded once here (or kept as received); the sends below reuse the same bytes.
-            store.save_messages(persist, [self._frames.encoded(m) for m in persist])
-            self.counters.persisted_msgs += len(persist)
-        decoded = self.ledger_app.take_decoded
-        blocks = [block_from_committed(c, decoded) for r in readies for c in r.committed]
+        blocks = self._write_round(readies)
         if blocks:
-            raws = store.append_blocks(blocks)
-            assert self.reader is not None
-            self.reader.note_written(blocks, raws)
-            assert self._durable is not None
-            self._durable.forget_committed(t for b in blocks for t in b.tx_ids)
             self._on_committed(blocks)
-        rules = tuple(rule for r in readies if r.retain is not None for rule in r.retain.forget)
-        if rules:
-            store.retain(Retention(rules))
         send = self._send
         for r in readies:
             for dest, msg in r.send:
@@ -216,6 +201,34 @@ class ConsensusLoop:
         self._reoffer_pending(now=view_changed)
         deadline = readies[-1].deadline_ms
         self._arm_timer(deadline)
+
+    def _write_round(self, readies: list[Ready]) -> list[Block]:
+        """Persist the round's messages, append its committed blocks and carry out its
+        retention as one store transaction (``Store.round``), before anything is sent or any
+        client is answered; returns the blocks appended."""
+        store = self.store
+        persist = [m for r in readies for m in r.persist]
+        decoded = self.ledger_app.take_decoded
+        blocks = [block_from_committed(c, decoded) for r in readies for c in r.committed]
+        rules = tuple(rule for r in readies if r.retain is not None for rule in r.retain.forget)
+        if not (persist or blocks or rules):
+            return blocks
+        raws: list[bytes] = []
+        with store.round(durable=bool(persist)):
+            if persist:
+                # Encoded once here (or kept as received); the sends reuse the same bytes.
+                store.save_messages(persist, [self._frames.encoded(m) for m in persist])
+            if blocks:
+                raws = store.append_blocks(blocks)
+                assert self._durable is not None
+                self._durable.forget_committed(t for b in blocks for t in b.tx_ids)
+            if rules:
+                store.retain(Retention(rules))
+        self.counters.persisted_msgs += len(persist)
+        if blocks:
+            assert self.reader is not None
+            self.reader.note_written(blocks, raws)
+        return blocks
 
     def _on_committed(self, blocks: list[Block]) -> None:
         c = self.counters

@@ -17,7 +17,6 @@ The reader's one background task runs repairs that are due and a scrub step ever
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
@@ -25,10 +24,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-import aiohttp
-
 from node.access import ReaderHttp
 from node.ledger import Block, BlockHeader, ClientRegistry, VerifiedCommits, block_header
+from node.periodic import PeriodicRounds
 from node.repair import BlockFetcher, RepairBounds, Repairer, RepairLog
 from node.startup import StartupReport, startup_verify
 from node.store import Store
@@ -183,17 +181,14 @@ class BlockReader:
         self.verifier = ChainVerifier(
             consortium, registry, cache_size=s.verified_cache, commits_cache=s.verified_commits
         )
-        self._wake = asyncio.Event()
+        self._rounds = PeriodicRounds("block-reader", s.interval_ms, self.run_round)
         self.repairer = Repairer(
-            store, self.verifier, repair_log, s.repair_bounds, on_quarantine=self._wake.set
+            store, self.verifier, repair_log, s.repair_bounds, on_quarantine=self._rounds.wake
         )
         self.scrub = Scrub(self.repairer, s, cpu_clock)
         self.startup: StartupReport | None = None
         self.rounds = 0
-        self.round_errors = 0
-        self._session: aiohttp.ClientSession | None = None
         self._fetcher: BlockFetcher | None = None
-        self._task: asyncio.Task[None] | None = None
 
     @classmethod
     def for_node(
@@ -265,48 +260,28 @@ class BlockReader:
         return report
 
     async def start(self, *, background: bool = True, http: ReaderHttp | None = None) -> None:
-        """``http``: how to reach peers (TLS, read tokens); plain HTTP without."""
-        if self._session is not None:
-            raise RuntimeError("reader already started")
-        self._session = (http or ReaderHttp()).session()
+        """``http``: how to reach peers (TLS, read tokens); plain HTTP without.
+        ``background=False``: tests drive :meth:`run_round` themselves."""
+        session = self._rounds.open(http)
         self._fetcher = BlockFetcher(
-            self._session,
+            session,
             timeout_ms=self.settings.http_timeout_ms,
             max_bytes=self.settings.max_response_bytes,
         )
         if background:
-            self._task = asyncio.create_task(self._run(), name="block-reader")
+            self._rounds.spawn()
 
     async def stop(self) -> None:
         """Cancel the background task and close the session. Idempotent."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        session, self._session, self._fetcher = self._session, None, None
-        if session is not None:
-            await session.close()
+        await self._rounds.stop()
+        self._fetcher = None
 
     def close(self) -> None:
         self.log.close()
 
-    async def _run(self) -> None:
-        interval = self.settings.interval_ms / 1000.0
-        while True:
-            started = time.monotonic()
-            self._wake.clear()
-            try:
-                await self.run_round()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # A bug in one round must not end repairs; it is logged and counted.
-                self.round_errors += 1
-                log.exception("read path round failed")
-            delay = max(0.0, interval - (time.monotonic() - started))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+    @property
+    def round_errors(self) -> int:
+        return self._rounds.round_errors
 
     async def run_round(self) -> None:
         """Repairs that are due, then a scrub step of our own store."""

@@ -4,13 +4,14 @@ Events (peer messages, admitted client transactions, timer ticks) wait in bounde
 consensus task drains up to ``max_events_per_round`` of them, steps the replica once per event,
 and then carries out the round's ``Ready`` records together (group commit):
 
-  1. persist every message of the round in one SQLite transaction;
-  2. append the round's committed blocks (one transaction), wake GET /tx waiters;
-  3. forget the persisted messages the core's ``Retention`` names (after 2, so a crash
-     between them leaves more on disk, never less);
-  4. hand every outgoing message to the transport (queued per peer, sent in batches);
-  5. serve FetchRequests from the block store;
-  6. re-arm the timer for the replica's next deadline.
+  1. in one SQLite transaction (``Store.round``; FULL-synced when it holds messages to be
+     sent): persist every message of the round, append its committed blocks, delete the
+     acknowledged transactions they commit, forget the persisted messages the core's
+     ``Retention`` names; all or nothing, so a crash leaves the round whole or absent;
+  2. wake GET /tx waiters of the committed transactions;
+  3. hand every outgoing message to the transport (queued per peer, sent in batches);
+  4. serve FetchRequests from the block store;
+  5. re-arm the timer for the replica's next deadline.
 
 Nothing is sent before everything it depends on is durable ("persist before send"), and one
 fsync covers a whole round instead of one per message. The task never awaits in the middle of a

@@ -142,6 +142,9 @@ class Store:
         self._sync = synchronous
         self._vote_sync = vote_log_sync
         self._on_first_vote = on_first_vote
+        self._in_round = False
+        self._round_durable = False
+        self._voted_in_round = False
         create_private(self.path)
         # isolation_level=None: no implicit transactions; every write below opens its own with
         # BEGIN IMMEDIATE so it takes the write lock up front and commits or rolls back whole.
@@ -190,8 +193,44 @@ class Store:
                 )
 
     @contextlib.contextmanager
+    def round(self, *, durable: bool) -> Iterator[None]:
+        """The writes of one consensus round as one SQL transaction: one COMMIT (and at most
+        one fsync) where each write committed on its own, and all or nothing on an error.
+
+        ``durable``: the round saves messages the replica is about to send, so the COMMIT runs
+        with ``vote_log_sync`` (FULL fsyncs the WAL, which also makes every earlier NORMAL
+        commit durable). Callers must not act on the writes (answer clients, send) before the
+        block exits."""
+        if self._in_round:
+            raise RuntimeError("store rounds do not nest")
+        sync = durable and self._vote_sync != self._sync
+        if sync:
+            self._db.execute(f"PRAGMA synchronous={self._vote_sync}")
+        head = self._head
+        try:
+            with self._write():
+                self._in_round, self._round_durable = True, durable
+                try:
+                    yield
+                finally:
+                    self._in_round = self._round_durable = False
+        except BaseException:
+            self._head = head  # the blocks appended in the round were rolled back with it
+            raise
+        finally:
+            if sync:
+                self._db.execute(f"PRAGMA synchronous={self._sync}")
+            voted, self._voted_in_round = self._voted_in_round, False
+        if voted:
+            self._first_vote_written()
+
+    @contextlib.contextmanager
     def _write(self) -> Iterator[None]:
-        """One SQL transaction: committed whole on success, rolled back whole on any error."""
+        """One SQL transaction: committed whole on success, rolled back whole on any error.
+        Inside :meth:`round`, a write joins the round's transaction instead."""
+        if self._in_round:
+            yield
+            return
         began = time.perf_counter()
         self._db.execute("BEGIN IMMEDIATE")
         try:
@@ -389,6 +428,12 @@ class Store:
             kind, view, seq, replica = _columns(msg)
             data = encode_message(msg) if frames is None else frames[i]
             rows.append((kind, view, seq, replica, hashlib.sha256(data).digest(), data))
+        if self._in_round:
+            if not self._round_durable:
+                raise RuntimeError("messages saved in a store round not opened durable=True")
+            self._insert_messages(rows)
+            self._voted_in_round = True
+            return
         # What the replica signed must survive a power loss before it is sent: this commit
         # fsyncs the WAL (synchronous=FULL) even when the rest of the store runs NORMAL.
         durable = self._vote_sync != self._sync
@@ -396,14 +441,22 @@ class Store:
             self._db.execute(f"PRAGMA synchronous={self._vote_sync}")
         try:
             with self._write():
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO consensus_messages"
-                    "(kind, view, seq, replica, digest, data) VALUES (?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+                self._insert_messages(rows)
         finally:
             if durable:
                 self._db.execute(f"PRAGMA synchronous={self._sync}")
+        self._first_vote_written()
+
+    def _insert_messages(
+        self, rows: list[tuple[str, int | None, int | None, int, bytes, bytes]]
+    ) -> None:
+        self._db.executemany(
+            "INSERT OR IGNORE INTO consensus_messages"
+            "(kind, view, seq, replica, digest, data) VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def _first_vote_written(self) -> None:
         if self._on_first_vote is not None:
             # After the commit, before anything is sent: the marker that this node voted
             # (node.storeguard), written once.

@@ -12,13 +12,9 @@ blamed on a peer. Everything runs on the node's event loop thread; work per roun
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
-import time
 from typing import TYPE_CHECKING, Any
-
-import aiohttp
 
 from node.access import ReaderHttp
 from node.audit.client import PeerClient
@@ -28,6 +24,7 @@ from node.audit.findings import Findings
 from node.audit.log import AuditLog
 from node.audit.peer import OurChain, PeerAudit
 from node.audit.settings import AuditSettings
+from node.periodic import PeriodicRounds
 from node.reader import BlockReader
 from node.repair import PeerError, now_ms, short
 
@@ -72,11 +69,9 @@ class Auditor:
             pid: PeerState(pid, url, s.max_problems) for pid, url in reader.peers.items()
         }
         reader.repairer.on_bad_copy = self._bad_copy
-        self._session: aiohttp.ClientSession | None = None
+        self._rounds = PeriodicRounds(f"auditor-{node_id}", s.interval_ms, self.run_round)
         self._client: PeerClient | None = None
-        self._task: asyncio.Task[None] | None = None
         self.rounds = 0
-        self.round_errors = 0
         self.last_round_ms: int | None = None
 
     @classmethod
@@ -104,44 +99,26 @@ class Auditor:
         """Open the HTTP session (``http``: TLS and read tokens to reach peers) and (unless
         ``background=False``, for tests driving :meth:`run_round` themselves) spawn the audit
         task."""
-        if self._session is not None:
-            raise RuntimeError("auditor already started")
-        self._session = (http or ReaderHttp()).session()
+        session = self._rounds.open(http)
         self._client = PeerClient(
-            self._session,
+            session,
             timeout_ms=self.settings.http_timeout_ms,
             max_bytes=self.settings.max_response_bytes,
         )
         if background:
-            self._task = asyncio.create_task(self._run(), name=f"auditor-{self.node_id}")
+            self._rounds.spawn()
 
     async def stop(self) -> None:
         """Cancel the audit task and close the session. Idempotent."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        session, self._session, self._client = self._session, None, None
-        if session is not None:
-            await session.close()
+        await self._rounds.stop()
+        self._client = None
 
     def close(self) -> None:
         self._ours.close()
 
-    async def _run(self) -> None:
-        interval = self.settings.interval_ms / 1000.0
-        while True:
-            started = time.monotonic()
-            try:
-                await self.run_round()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # A bug in one round must not end auditing; it is logged and counted.
-                self.round_errors += 1
-                log.exception("audit round failed")
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+    @property
+    def round_errors(self) -> int:
+        return self._rounds.round_errors
 
     # -- one round ---------------------------------------------------------------------------
 

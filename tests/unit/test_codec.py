@@ -25,6 +25,7 @@ from consensus.messages import (
     ViewChange,
 )
 from node.codec import (
+    MAX_DEPTH,
     MAX_FRAME_BYTES,
     MAX_REPLICAS,
     MAX_UINT,
@@ -426,3 +427,22 @@ def test_stripped_batches_round_trip_with_the_same_digest() -> None:
 @pytest.mark.parametrize("length", [0, 1, 15, 16, 65535, 65536, 70000])
 def test_array_header_is_what_pack_writes_before_the_elements(length: int) -> None:
     assert pack([1] * length) == array_header(length) + b"\x01" * length
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        # msgpack's own limits let these through (an empty map, a zero-length ext, nesting
+        # under its 1024-level stack): the check on the decoded value must refuse them.
+        (b"\x80", "a map"),
+        (msgpack.packb([1, [2, {}]]), "a map"),
+        (b"\x92\x01\xc7\x00\x01", "an ext type"),
+        (b"\x91" * (MAX_DEPTH + 1) + b"\x00", r"nested too deep \(over 16\)"),
+        (b"\x92\x00" + b"\x91" * MAX_DEPTH + b"\x00", "nested too deep"),
+        (b"\x91" * 1100 + b"\x00", "nested too deep"),
+    ],
+)
+def test_unpack_refuses_what_msgpack_limits_let_through(data: bytes, match: str) -> None:
+    with pytest.raises(CodecError, match=match):
+        unpack(data)
+    assert unpack(b"\x91" * MAX_DEPTH + b"\x00") is not None

@@ -441,3 +441,51 @@ def test_committed_among_answers_for_a_whole_batch(store: Store) -> None:
     strangers = [i.to_bytes(32, "big") for i in range(1, 700)]  # more than one query's worth
     assert store.committed_among(strangers + on_chain) == set(on_chain)
     assert store.committed_among([]) == set()
+
+
+# -- one transaction per consensus round -----------------------------------------------------
+
+
+def test_a_round_commits_its_writes_once_and_fsyncs_only_when_durable(db_path: Path) -> None:
+    voted: list[int] = []
+    s = Store(db_path, on_first_vote=lambda: voted.append(1))
+    commits: list[float] = []
+    s.on_write = lambda total_s, commit_s: commits.append(commit_s)
+    chain = make_chain(2)
+    try:
+        with s.round(durable=True):
+            assert s._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+            s.save_messages([_prep(1)])
+            s.append_blocks(chain[:1])
+            s.retain(checkpoints.retention(0))
+            assert not voted  # the voted marker follows the COMMIT, not the insert
+        assert len(commits) == 1 and voted == [1]
+        assert s._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # back to NORMAL
+        with s.round(durable=False):
+            s.append_blocks(chain[1:])
+        assert len(commits) == 2 and s.head() == (2, chain[1].block_hash)
+        with pytest.raises(RuntimeError, match="durable"), s.round(durable=False):
+            s.save_messages([_prep(2)])
+    finally:
+        s.close()
+    with Store(db_path) as again:
+        assert again.load_messages() == [_prep(1)] and again.head()[0] == 2
+
+
+def test_a_failed_round_rolls_back_every_write_in_it(store: Store, db_path: Path) -> None:
+    chain = make_chain(1)
+    unlinked = block_from_committed(make_committed(3, chain[0].block_hash, [make_tx(602)]))
+    with pytest.raises(StoreError), store.round(durable=True):
+        store.save_messages([_prep(1)])
+        store.append_blocks(chain)
+        store.append_blocks([unlinked])
+    assert store.head() == (0, GENESIS_HASH) and store.get_block(1) is None
+    assert store.load_messages() == []
+    with (
+        pytest.raises(RuntimeError, match="nest"),
+        store.round(durable=False),
+        store.round(durable=False),
+    ):
+        pass
+    store.append_blocks(chain)  # the store is usable after both
+    assert store.head() == (1, chain[0].block_hash)
