@@ -49,6 +49,8 @@ from node.store import Store
 
 RECENT_HEADERS: Final = 256
 """Headers (with tx ids) of the newest blocks kept for serving."""
+VERIFIED_BLOCKS: Final = 16_384
+"""Default bound of the cache's verified blocks (``ReadSettings.verified_cache``)."""
 TXS_PER_STEP: Final = 32
 """Transaction signatures checked in one step of :meth:`ChainVerifier.verify_steps` (~2-3 ms)."""
 
@@ -88,7 +90,7 @@ class VerifiedBlock:
 class VerifiedCache:
     """The one bounded cache of what the read path has verified (see the module docstring)."""
 
-    def __init__(self, *, heights: int = 100_000, commits: int = 65_536) -> None:
+    def __init__(self, *, heights: int = VERIFIED_BLOCKS, commits: int = 65_536) -> None:
         if heights < 1:
             raise ValueError("cache_size must be positive")
         self._capacity = heights
@@ -150,7 +152,7 @@ class ChainVerifier:
         consortium: Sequence[bytes],
         registry: ClientRegistry,
         *,
-        cache_size: int = 100_000,
+        cache_size: int = VERIFIED_BLOCKS,
         max_payload: int = HARD_MAX_PAYLOAD_BYTES,
         commits_cache: int = 65_536,
     ) -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -55,6 +56,7 @@ CONNECT_TIMEOUT_S: Final = 3.0
 """Bound of opening a connection (a dead host, a full accept queue) within the request's."""
 SUSPECT_MIN_S: Final = 0.5
 SUSPECT_MAX_S: Final = 5.0
+_MAX_STRIKES: Final = 1 + math.ceil(math.log2(SUSPECT_MAX_S / SUSPECT_MIN_S))
 """How long a node that failed stays suspect: doubling per consecutive failure, within these."""
 DEFAULT_MAX_BODY_BYTES: Final = 64 << 20
 DEFAULT_CONNECTIONS: Final = 32
@@ -101,7 +103,9 @@ class NodeHealth:
 
     def failed(self, url: str, retry_after_s: float | None = None) -> None:
         """``url`` did not answer (or answered 503): suspect it for a while."""
-        strikes = self._strikes.get(url, 0) + 1
+        # Capped where the hold reaches SUSPECT_MAX_S: a node failing for minutes under load
+        # strikes thousands of times, and 2.0 ** 1024 overflows a float.
+        strikes = min(self._strikes.get(url, 0) + 1, _MAX_STRIKES)
         self._strikes[url] = strikes
         hold = min(SUSPECT_MAX_S, SUSPECT_MIN_S * 2.0 ** (strikes - 1))
         if retry_after_s is not None:

@@ -28,6 +28,7 @@ from scripts.bench.loadspec import (
 )
 from scripts.bench.pool import Pool
 from scripts.client import NO_RETRY, NodeClient, NodeError, NodeHealth
+from scripts.tasks import RequestTasks
 
 SUBMIT_TIMEOUT_S: Final = 5.0
 """The longest one POST /tx waits on one node (connect + send + answer); then the request goes
@@ -131,7 +132,7 @@ class LoadRun:
         self.progress_event = asyncio.Event()
         self.t0 = self.warmup_end = self.submit_end = 0
         self.measure_end: int | None = None
-        self.tasks: set[asyncio.Task[bool]] = set()
+        self.tasks: RequestTasks[bool] = RequestTasks()
         self.targets: list[NodeClient] = []
         """One client per target node, over the submit pool; the retries are the run's own."""
         self.health = NodeHealth()
@@ -179,6 +180,7 @@ class LoadRun:
                 for task in (observing, ticker, *self.tasks):
                     task.cancel()
                 await asyncio.gather(observing, ticker, *self.tasks, return_exceptions=True)
+        self.tasks.check()
         self.report(self._live("done"))
         return LoadResult(
             t0_ns=self.t0,
@@ -274,9 +276,7 @@ class LoadRun:
                 return
             lag = time.monotonic_ns() - due
             self.counters.max_lag_ns = max(self.counters.max_lag_ns, lag)
-            task = asyncio.create_task(self._post(request, due))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            task = self.tasks.start(self._post(request, due))
             task.add_done_callback(lambda _: slots.release())
             k += 1
 

@@ -146,6 +146,7 @@ class Runner:
                 self.out.print(f"[{load_s:6.1f}s] load stopped; settling", markup=False)
                 settled = await self._settle(poller, honest())
                 await load.drain(DRAIN_GRACE_S)
+                load.check_requests()
                 await follower.step()  # the last blocks, for the commit times
                 chains, verify_checks = await self._chains(nodes, cluster, sorted(honest()))
             finally:

@@ -25,6 +25,7 @@ from scripts.client import NO_RETRY, Answer, NodeClient, NodeError
 from scripts.cluster import hospital_id
 from scripts.history import TxRecord
 from scripts.scenario.cluster import Cluster
+from scripts.tasks import RequestTasks
 
 REQUESTS_PER_S: Final = 100
 """About this many POST /tx a second; each carries rate / REQUESTS_PER_S transactions."""
@@ -93,7 +94,7 @@ class Load:
         self.batch = max(1, min(MAX_REQUEST_TXS, round(rate / REQUESTS_PER_S)))
         self._rng = rng
         self._clock = clock
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: RequestTasks[None] = RequestTasks()
         self._seq = 0
         self._signed: list[TxEnvelope] = []
         self._txs: list[_Tx] = []
@@ -150,9 +151,7 @@ class Load:
                 self.skipped += 1
             else:
                 txs = [self._next_tx() for _ in range(self.batch)]
-                task = asyncio.create_task(self._request(txs))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._tasks.start(self._request(txs))
             next_at += interval
             delay = next_at - self._clock()
             if delay > 0:
@@ -171,6 +170,10 @@ class Load:
             task.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace_s)
+
+    def check_requests(self) -> None:
+        """RuntimeError if a request task raised: its transactions went unrecorded."""
+        self._tasks.check()
 
     def _next_tx(self) -> _Tx:
         env = self._signed.pop() if self._signed else self._make_tx()

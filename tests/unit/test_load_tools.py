@@ -115,6 +115,19 @@ def test_health_suspects_a_failed_node_backs_off_and_forgives() -> None:
     assert health.suspect("http://a")
 
 
+def test_a_node_failing_for_long_is_held_at_most_the_bound() -> None:
+    # A node that answered 503 for minutes under load struck thousands of times and the
+    # doubling hold overflowed a float (OverflowError in every request of the bench).
+    now = [0.0]
+    health = NodeHealth(clock=lambda: now[0])
+    for _ in range(5000):
+        health.failed("http://a")
+    assert health.wait_s(["http://a"]) == pytest.approx(SUSPECT_MAX_S)
+    health.answered("http://a")
+    health.failed("http://a")
+    assert health.wait_s(["http://a"]) == pytest.approx(SUSPECT_MIN_S)
+
+
 async def test_client_moves_off_a_dead_node_at_once_and_remembers() -> None:
     hits: list[str] = []
 
