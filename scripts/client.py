@@ -17,17 +17,17 @@ deadline; given several URLs, the client fails over to the next node on each of 
 Fail-over: a node that refused a connection, did not answer within the client's timeout
 (``timeout_s``, default :data:`DEFAULT_TIMEOUT_S`: the longest a client ever waits on one node
 for one answer), or answered 503, is *suspect* in the client's :class:`NodeHealth` for a while
-(the node's Retry-After, else a backoff doubling from :data:`SUSPECT_MIN_S` to
-:data:`SUSPECT_MAX_S`); requests go to the next node that is not suspect, and come back once
-the suspicion ends. The health table is shared by every client ``at`` derives, so the
-concurrent requests of a load generator learn of a dead node from the first one that met it
-instead of each waiting on it. Resubmitting to another node is harmless: a transaction's id
-is the hash of its signed header, so a node that already has it (pending or committed)
-accepts it again as the same transaction, never as a second one. Any other
-answer is final: an error answer surfaces as :class:`NodeError` with the node's ``error`` and
-``detail``; it carries the node's last answer, or the transport error that left none, so a
-caller that counts failures by kind (the load generator, with ``NO_RETRY``) can tell them
-apart. Submitting is idempotent on the node, so a retry after a lost answer is safe.
+(the node's Retry-After, stretched at random by up to half; else a backoff doubling from
+:data:`SUSPECT_MIN_S` to :data:`SUSPECT_MAX_S`); requests go to the next node that is not
+suspect, and come back once the suspicion ends. The health table is shared by every client
+``at`` derives, so the concurrent requests of a load generator learn of a dead node from the
+first one that met it instead of each waiting on it. Resubmitting to another node is harmless:
+a transaction's id is the hash of its signed header, so a node that already has it (pending or
+committed) accepts it again as the same transaction, never as a second one. Any other answer is
+final: an error answer surfaces as :class:`NodeError` with the node's ``error`` and ``detail``;
+it carries the node's last answer, or the transport error that left none, so a caller that
+counts failures by kind (the load generator, with ``NO_RETRY``) can tell them apart. Submitting
+is idempotent on the node, so a retry after a lost answer is safe.
 """
 
 from __future__ import annotations
@@ -93,8 +93,13 @@ class NodeHealth:
     """Which nodes answer, as the requests of one client (and those ``at`` derives) found
     out: a node that failed is suspect until a deadline, and requests avoid it meanwhile."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
         self._clock = clock
+        self._jitter = jitter
         self._until: dict[str, float] = {}
         self._strikes: dict[str, int] = {}
 
@@ -102,14 +107,21 @@ class NodeHealth:
         return self._until.get(url, 0.0) > self._clock()
 
     def failed(self, url: str, retry_after_s: float | None = None) -> None:
-        """``url`` did not answer (or answered 503): suspect it for a while."""
-        # Capped where the hold reaches SUSPECT_MAX_S: a node failing for minutes under load
-        # strikes thousands of times, and 2.0 ** 1024 overflows a float.
-        strikes = min(self._strikes.get(url, 0) + 1, _MAX_STRIKES)
-        self._strikes[url] = strikes
-        hold = min(SUSPECT_MAX_S, SUSPECT_MIN_S * 2.0 ** (strikes - 1))
+        """``url`` did not answer, or answered 503: suspect it for a while.
+
+        A 503 with Retry-After is the node's own word on when to come back (admission
+        control): it is held that long, stretched by up to half at random, and strikes
+        nothing. Doubling it per strike had held every client off an overloaded node for
+        5 s after a few refusals, and all of them alike: the cluster drained its backlog,
+        idled with nothing to order, then took the whole held load in one instant."""
         if retry_after_s is not None:
-            hold = max(hold, min(retry_after_s, SUSPECT_MAX_S))
+            hold = min(retry_after_s, SUSPECT_MAX_S) * (1.0 + 0.5 * self._jitter())
+        else:
+            # Capped where the hold reaches SUSPECT_MAX_S: a node down for minutes strikes
+            # thousands of times, and 2.0 ** 1024 overflows a float.
+            strikes = min(self._strikes.get(url, 0) + 1, _MAX_STRIKES)
+            self._strikes[url] = strikes
+            hold = min(SUSPECT_MAX_S, SUSPECT_MIN_S * 2.0 ** (strikes - 1))
         self._until[url] = self._clock() + hold
 
     def answered(self, url: str) -> None:
