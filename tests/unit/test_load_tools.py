@@ -93,7 +93,7 @@ def test_node_fates_name_what_the_timeline_did() -> None:
 
 def test_health_suspects_a_failed_node_backs_off_and_forgives() -> None:
     now = [100.0]
-    health = NodeHealth(clock=lambda: now[0], jitter=lambda: 0.0)
+    health = NodeHealth(clock=lambda: now[0])
     urls = ["http://a", "http://b", "http://c"]
     assert health.choose(urls, 0) == 0
     health.failed("http://a")
@@ -124,25 +124,6 @@ def test_a_node_failing_for_long_is_held_at_most_the_bound() -> None:
         health.failed("http://a")
     assert health.wait_s(["http://a"]) == pytest.approx(SUSPECT_MAX_S)
     health.answered("http://a")
-    health.failed("http://a")
-    assert health.wait_s(["http://a"]) == pytest.approx(SUSPECT_MIN_S)
-
-
-def test_retry_after_is_held_as_asked_however_often_and_spread() -> None:
-    # An overloaded node answers 503 + Retry-After: 1 for as long as its backlog is old. The
-    # hold once doubled per refusal up to 5 s, so every client stayed away from every node
-    # alike and the cluster idled with nothing to order, then took the held load at once.
-    now = [0.0]
-    draws = iter([0.0, 0.999] + [0.5] * 100)
-    health = NodeHealth(clock=lambda: now[0], jitter=lambda: next(draws))
-    health.failed("http://a", retry_after_s=1.0)
-    assert health.wait_s(["http://a"]) == pytest.approx(1.0)
-    health.failed("http://a", retry_after_s=1.0)
-    assert health.wait_s(["http://a"]) == pytest.approx(1.4995)
-    for _ in range(100):
-        health.failed("http://a", retry_after_s=1.0)
-    assert health.wait_s(["http://a"]) == pytest.approx(1.25)
-    # A refusal without Retry-After after them starts the doubling from its first step.
     health.failed("http://a")
     assert health.wait_s(["http://a"]) == pytest.approx(SUSPECT_MIN_S)
 
