@@ -19,9 +19,9 @@ Fail-over: a node that refused a connection, did not answer within the client's 
 for one answer), or answered 503, is *suspect* in the client's :class:`NodeHealth` for a while
 (a backoff doubling from :data:`SUSPECT_MIN_S` to :data:`SUSPECT_MAX_S`, at least the node's
 Retry-After); requests go to the next node that is not suspect, and come back once the
-suspicion ends. The health table is shared by every client
-``at`` derives, so the concurrent requests of a load generator learn of a dead node from the
-first one that met it instead of each waiting on it. Resubmitting to another node is harmless:
+suspicion ends. The health table is shared by every client ``at`` derives, so the concurrent
+requests of a load generator learn of a dead node from the first one that met it instead of
+each waiting on it. Resubmitting to another node is harmless:
 a transaction's id is the hash of its signed header, so a node that already has it (pending or
 committed) accepts it again as the same transaction, never as a second one. Any other answer is
 final: an error answer surfaces as :class:`NodeError` with the node's ``error`` and ``detail``;
@@ -56,8 +56,9 @@ CONNECT_TIMEOUT_S: Final = 3.0
 """Bound of opening a connection (a dead host, a full accept queue) within the request's."""
 SUSPECT_MIN_S: Final = 0.5
 SUSPECT_MAX_S: Final = 5.0
-_MAX_STRIKES: Final = 1 + math.ceil(math.log2(SUSPECT_MAX_S / SUSPECT_MIN_S))
 """How long a node that failed stays suspect: doubling per consecutive failure, within these."""
+_MAX_STRIKES: Final = 1 + math.ceil(math.log2(SUSPECT_MAX_S / SUSPECT_MIN_S))
+"""The strike at which the doubling reaches SUSPECT_MAX_S; counting further changes nothing."""
 DEFAULT_MAX_BODY_BYTES: Final = 64 << 20
 DEFAULT_CONNECTIONS: Final = 32
 """Connections of a client's pool (0: no limit, as aiohttp counts)."""
