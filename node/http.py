@@ -287,6 +287,17 @@ class GuardedRunner(web.AppRunner):
     def refused_connections(self) -> int:
         return 0 if self._cap is None else self._cap.refused
 
+    def tcp_site(self, host: str, port: int, **kwargs: Any) -> web.TCPSite:
+        """A TCP site of this runner whose kernel accept queue holds ``max_connections``.
+
+        aiohttp's default backlog is 128. A burst of clients connecting at once (a load
+        generator reopening the connections its timed-out requests closed, every peer
+        reconnecting after a pause) while the event loop is busy overflows it; the kernel then
+        drops their SYNs, and a dropped SYN is sent again only after 1 s, then 3 s (RFC 6298's
+        initial RTO, doubling): the clients wait seconds on a node that sits idle. The kernel
+        caps the backlog at net.core.somaxconn (4096 on current kernels)."""
+        return web.TCPSite(self, host, port, backlog=self._max_connections, **kwargs)
+
 
 Handler = Callable[[web.Request], Any]
 

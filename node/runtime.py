@@ -404,8 +404,7 @@ class Node(ConsensusLoop):
         try:
             await runner.setup()
             tls = self.config.tls
-            site = web.TCPSite(
-                runner,
+            site = runner.tcp_site(
                 self.config.host,
                 self.config.port,
                 shutdown_timeout=self.limits.shutdown_grace_ms / 1000.0,
