@@ -87,6 +87,7 @@ class ViewChangeCause(Enum):
     REQUEST_TIMER = "request timer: one request waited request_timeout_ms"
     HIGHER_VIEW = "messages of a later view from f+1 replicas"
     F_PLUS_ONE = "view-changes for later views from f+1 replicas"
+    SUSPECTED = "the primary suspected by f+1 replicas"
 
 
 class DropReason(Enum):
@@ -193,6 +194,9 @@ class Ready:
     """The view this step moved to (for the shell's log and counters)."""
     view_change_cause: ViewChangeCause | None = None
     """Why this step started a view change (None if it did not start one)."""
+    suspected: ViewChangeCause | None = None
+    """Why this step suspected the primary (sent a Suspect), whether or not that was the
+    f+1-th suspicion that started a view change."""
 
     def drop(
         self,

@@ -196,6 +196,22 @@ class NewView:
 
 
 @dataclass(frozen=True, slots=True)
+class Suspect:
+    """<SUSPECT, v, i>_i: replica i's timer expired in view v. Not in the paper: a replica
+    whose timer fires stays in view v and says so; the view change starts only where f+1
+    suspicions of v are fresh (one is an honest replica's), like BFT-SMaRt's STOP. A
+    replica that alone saw no progress (it was behind, or starved of CPU) left view v at
+    once, and stayed out of it while the others worked (``viewchange.on_suspect``)."""
+
+    view: int
+    replica: int
+    signature: bytes = b""
+
+    def signing_bytes(self) -> bytes:
+        return canonical(b"medchain/suspect", (self.view, self.replica))
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
     """Client transactions forwarded to the primary. Unsigned by the replica: every transaction
     carries its hospital's own signature, checked by the application before use."""
@@ -238,8 +254,9 @@ Message = (
     | Checkpoint
     | ViewChange
     | NewView
+    | Suspect
     | Request
     | FetchRequest
     | FetchResponse
 )
-SignedMessage = PrePrepare | Prepare | Commit | Checkpoint | ViewChange | NewView
+SignedMessage = PrePrepare | Prepare | Commit | Checkpoint | ViewChange | NewView | Suspect

@@ -40,10 +40,11 @@ from consensus.messages import (
     PrePrepare,
     Request,
     SignedMessage,
+    Suspect,
     ViewChange,
 )
 
-S = TypeVar("S", PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView)
+S = TypeVar("S", PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView, Suspect)
 
 
 class Replica:
@@ -122,6 +123,9 @@ class Replica:
         view. A view change starts only once a quorum is heard from after it (``viewchange``)."""
         self.request_suspected_at_ms: int | None = None
         """The same for the request timer (censorship); only a new view clears it."""
+        self.suspicions: dict[int, int] = {}
+        """Replica -> when its latest Suspect of this view's primary came (ours included): a
+        view change starts once f+1 are fresh (``viewchange.on_suspect``). At most n."""
         self.recently_executed: OrderedDict[bytes, None] = OrderedDict()
         """A FIFO of executed ids. An OrderedDict, not a dict: evicting a plain dict's first
         key scans every slot deleted before it, which made each block cost O(chain) once the
@@ -193,6 +197,8 @@ class Replica:
             viewchange.on_view_change(self, m, out)
         elif isinstance(m, NewView):
             viewchange.on_new_view(self, m, out)
+        elif isinstance(m, Suspect):
+            viewchange.on_suspect(self, m, out)
         elif isinstance(m, Request):
             normal.on_request(self, m, out)
         elif isinstance(m, FetchRequest):
@@ -260,6 +266,7 @@ class Replica:
             self.progress_ms = self.now_ms
             self.vc_deadline_ms = None
             self.suspected_at_ms = None
+            self.suspicions.pop(self.id, None)  # we no longer suspect it; others' age out
             self.arm_view_timer()
 
     def request_deadline_ms(self) -> int | None:

@@ -1,7 +1,9 @@
 """View changes (sections 4.4 and 4.5.2): replacing a faulty or slow primary.
 
-A backup whose timer expires moves to view v+1 and sends a view-change carrying its stable
-checkpoint and its prepared certificates. The primary of v+1 gathers 2f+1 of them and sends a
+A backup whose timer expires suspects the primary: it tells every replica (``Suspect``) and
+stays in view v. Once f+1 replicas' suspicions of v are fresh, one of them an honest
+replica's, each replica that knows it moves to view v+1 and sends a view-change carrying its
+stable checkpoint and its prepared certificates. The primary of v+1 gathers 2f+1 of them and sends a
 new-view that re-issues, in v+1, every batch that may have committed (a null batch where none
 did). Every backup recomputes that choice from the same view-changes and checks it.
 """
@@ -22,6 +24,7 @@ from consensus.messages import (
     Prepare,
     PreparedProof,
     PrePrepare,
+    Suspect,
     ViewChange,
 )
 from consensus.quorum import check_checkpoint_proof, check_prepared_proof
@@ -31,6 +34,10 @@ if TYPE_CHECKING:
 
 
 MAX_VIEWS_PER_REPLICA = 4
+SUSPICION_FRESH_TIMEOUTS = 2
+"""A suspicion counts for this many view timeouts after it came: a replica whose timer keeps
+firing says so again every view timeout, so the suspicions of replicas timing out together
+overlap; one that saw no progress once, alone, minutes ago no longer does."""
 
 
 def retention(view: int) -> Retention:
@@ -55,7 +62,13 @@ def on_view_timeout(r: Replica, out: Ready) -> None:
     if recheck_ms is not None:
         r.vc_deadline_ms = r.now_ms + recheck_ms
         return
-    start_view_change(r, r.view + 1, out, ViewChangeCause.VIEW_TIMER)
+    if not r.view_active:
+        # Section 4.5.2: no new-view for v+1 in time, though 2f+1 voted for it (the timer of
+        # a view change runs only then, ``arm_timer_on_quorum``): on to v+2.
+        start_view_change(r, r.view + 1, out, ViewChangeCause.VIEW_TIMER)
+        return
+    r.vc_deadline_ms = r.now_ms + r.view_timeout_ms()  # still no progress then: say it again
+    suspect_primary(r, out, ViewChangeCause.VIEW_TIMER)
 
 
 def on_request_timeout(r: Replica, out: Ready) -> None:
@@ -69,7 +82,45 @@ def on_request_timeout(r: Replica, out: Ready) -> None:
     if recheck_ms is not None:
         r.request_check_ms = r.now_ms + recheck_ms
         return
-    start_view_change(r, r.view + 1, out, ViewChangeCause.REQUEST_TIMER)
+    r.request_check_ms = r.now_ms + r.view_timeout_ms()
+    suspect_primary(r, out, ViewChangeCause.REQUEST_TIMER)
+
+
+def suspect_primary(r: Replica, out: Ready, cause: ViewChangeCause) -> None:
+    """Our timer expired: tell every replica, and move to the next view once f+1 suspicions
+    of this one are fresh, ours among them. Alone, we stay in the view and keep working: a
+    replica that lags (just restarted, starved of CPU under overload) saw no progress that
+    the others made, and leaving the view took it out of the quorum, for as long as the
+    others had no reason to follow (measured: one node sat in a view change to the end of a
+    rolling restart at peak load; at twice the peak two such lone timeouts, 10 s apart, made
+    each view change of a 150 s run)."""
+    r.suspicions[r.id] = r.now_ms
+    out.suspected = cause
+    r.broadcast(r.sign(Suspect(r.view, r.id)), out)
+    _change_if_suspected(r, cause, out)
+
+
+def on_suspect(r: Replica, m: Suspect, out: Ready) -> None:
+    if not r.valid_replica(m.replica) or m.replica == r.id:
+        return
+    if m.view < r.view:
+        help_stale(r, m.replica, out)  # it suspects a primary we replaced: it missed our new-view
+        return
+    if m.view > r.view or not r.view_active:
+        return  # a view we are not in: its view-changes, not suspicions, bring us there
+    if not r.verify(m):
+        out.drop(DropReason.BAD_SIGNATURE, f"suspect from {m.replica}", replica=m.replica)
+        return
+    r.suspicions[m.replica] = r.now_ms
+    _change_if_suspected(r, ViewChangeCause.SUSPECTED, out)
+
+
+def _change_if_suspected(r: Replica, cause: ViewChangeCause, out: Ready) -> None:
+    """f+1 fresh suspicions include an honest replica's (section 4.5.2's argument for joining
+    on f+1 view-changes): start the view change."""
+    fresh = r.now_ms - SUSPICION_FRESH_TIMEOUTS * r.view_timeout_ms()
+    if sum(1 for t in r.suspicions.values() if t >= fresh) >= r.cfg.weak_quorum:
+        start_view_change(r, r.view + 1, out, cause)
 
 
 def _announce_suspicion(r: Replica, out: Ready) -> None:
@@ -105,6 +156,7 @@ def start_view_change(r: Replica, new_view: int, out: Ready, cause: ViewChangeCa
     r.view = new_view
     r.view_active = False
     r.suspected_at_ms = r.request_suspected_at_ms = None
+    r.suspicions.clear()
     r.view_base_seq = 0
     r.new_view_msg = None
     r.buffered.clear()
@@ -394,6 +446,7 @@ def enter_new_view(r: Replica, nv: NewView, out: Ready) -> None:
     r.view_started_ms = r.now_ms
     r.new_view_msg = nv
     r.request_suspected_at_ms = None  # suspicions were of an earlier view's primary
+    r.suspicions.clear()
     r.restart_view_timer()
     r.view_changes = {k: v for k, v in r.view_changes.items() if k[0] > r.view}
     base = max(nv.view_changes, key=lambda vc: vc.stable_seq)

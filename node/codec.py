@@ -35,6 +35,7 @@ from consensus.messages import (
     PreparedProof,
     PrePrepare,
     Request,
+    Suspect,
     ViewChange,
 )
 
@@ -527,6 +528,19 @@ def fetch_response_from_raw(raw: object, what: str = "FetchResponse") -> FetchRe
     )
 
 
+def suspect_to_raw(m: Suspect) -> tuple[object, ...]:
+    return (m.view, m.replica, m.signature)
+
+
+def suspect_from_raw(raw: object, what: str = "Suspect") -> Suspect:
+    view, replica, sig = expect_array(raw, what, arity=3)
+    return Suspect(
+        view=expect_int(view, f"{what}.view"),
+        replica=_replica(replica, f"{what}.replica"),
+        signature=_signature(sig, f"{what}.signature"),
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # tagged frames
 
@@ -541,6 +555,7 @@ TAGS: Final[dict[type, int]] = {
     Request: 7,
     FetchRequest: 8,
     FetchResponse: 9,
+    Suspect: 10,
 }
 
 _TO_RAW: Final[dict[type, Callable[[Any], tuple[object, ...]]]] = {
@@ -553,6 +568,7 @@ _TO_RAW: Final[dict[type, Callable[[Any], tuple[object, ...]]]] = {
     Request: request_to_raw,
     FetchRequest: fetch_request_to_raw,
     FetchResponse: fetch_response_to_raw,
+    Suspect: suspect_to_raw,
 }
 
 _FROM_RAW: Final[dict[int, tuple[str, Callable[[object, str], Message]]]] = {
@@ -565,6 +581,7 @@ _FROM_RAW: Final[dict[int, tuple[str, Callable[[object, str], Message]]]] = {
     7: ("Request", request_from_raw),
     8: ("FetchRequest", fetch_request_from_raw),
     9: ("FetchResponse", fetch_response_from_raw),
+    10: ("Suspect", suspect_from_raw),
 }
 
 

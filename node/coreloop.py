@@ -192,6 +192,12 @@ class ConsensusLoop:
         view_changed = False
         for r in readies:
             self._note_drops(r)
+            if r.suspected is not None and r.view_changed is None:
+                self.counters.suspicions += 1
+                log.info(
+                    "suspecting the primary (%s); a view change needs f+1 suspicions",
+                    r.suspected.value,
+                )
             if r.view_changed is not None:
                 view_changed = True
                 self.counters.view_changes += 1

@@ -126,6 +126,11 @@ class NodeCollector(Collector):
         yield _counter(
             "view_changes", "View changes this replica started or joined", c.view_changes
         )
+        yield _counter(
+            "suspicions",
+            "Times this replica suspected the primary while fewer than f+1 did",
+            c.suspicions,
+        )
         yield _counter("new_views", "Views installed after a view change", obs.new_views)
         yield _counter("view_timer_fires", "Times the view-change timer expired", obs.timer_fires)
         yield _gauge(

@@ -46,6 +46,7 @@ from consensus.messages import (
     Prepare,
     PrePrepare,
     Request,
+    Suspect,
     ViewChange,
 )
 
@@ -73,6 +74,7 @@ MESSAGE_KINDS: Final[dict[type, str]] = {
     Checkpoint: "checkpoint",
     ViewChange: "view-change",
     NewView: "new-view",
+    Suspect: "suspect",
     Request: "request",
     FetchRequest: "fetch",
     FetchResponse: "fetch",
@@ -97,6 +99,10 @@ def _vs_new_view(m: NewView) -> tuple[int | None, int | None]:
     return m.view, None
 
 
+def _vs_suspect(m: Suspect) -> tuple[int | None, int | None]:
+    return m.view, None
+
+
 def _vs_fetch(m: FetchRequest) -> tuple[int | None, int | None]:
     return None, m.from_seq
 
@@ -116,6 +122,7 @@ POSITION: Final[dict[type, Callable[..., tuple[int | None, int | None]]]] = {
     Checkpoint: _vs_checkpoint,
     ViewChange: _vs_view_change,
     NewView: _vs_new_view,
+    Suspect: _vs_suspect,
     Request: _vs_none,
     FetchRequest: _vs_fetch,
     FetchResponse: _vs_fetch_response,

@@ -28,6 +28,8 @@ class NodeCounters:
     peer_inbox_dropped: int = 0
     client_inbox_refused: int = 0
     view_changes: int = 0
+    suspicions: int = 0
+    """Times this replica's timer suspected the primary without (yet) f+1 agreeing."""
     dropped: ReasonCounter = field(default_factory=ReasonCounter)
     overloaded: ReasonCounter = field(default_factory=ReasonCounter)
     """Transactions answered 503 + Retry-After (admission control), by reason."""
@@ -46,6 +48,7 @@ class NodeCounters:
             "peer_inbox_dropped": self.peer_inbox_dropped,
             "client_inbox_refused": self.client_inbox_refused,
             "view_changes": self.view_changes,
+            "suspicions": self.suspicions,
             "core_dropped": self.dropped.snapshot(),
             "overloaded": self.overloaded.snapshot(),
         }

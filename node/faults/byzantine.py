@@ -22,6 +22,7 @@ from consensus.messages import (
     NewView,
     Prepare,
     PrePrepare,
+    Suspect,
     ViewChange,
 )
 from node.faults.model import ByzantineMode
@@ -29,7 +30,7 @@ from node.faults.model import ByzantineMode
 Sign = Callable[[bytes], bytes]
 DIGEST_BYTES: Final = 32
 
-SIGNED_TYPES: Final = (PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView)
+SIGNED_TYPES: Final = (PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView, Suspect)
 
 
 def resign(msg: PrePrepare | Prepare | Commit, sign: Sign) -> PrePrepare | Prepare | Commit:

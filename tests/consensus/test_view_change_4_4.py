@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consensus.events import Ready, Tick, ViewChangeCause
+from consensus.events import DropReason, Ready, Receive, Tick, ViewChangeCause
 from consensus.hashing import GENESIS_HASH
 from consensus.messages import (
     Commit,
@@ -10,9 +10,10 @@ from consensus.messages import (
     FetchResponse,
     Prepare,
     Request,
+    Suspect,
     ViewChange,
 )
-from consensus.viewchange import start_view_change
+from consensus.viewchange import SUSPICION_FRESH_TIMEOUTS, start_view_change
 from tests.consensus.harness import assert_same_chain, start, tx, tx_count
 
 
@@ -131,9 +132,12 @@ def test_a_view_change_says_why_it_started() -> None:
     c.submit(1, [tx(1)])
     c.down = {0}
     c.run(8_000)
-    assert causes and causes[0] == (1, ViewChangeCause.VIEW_TIMER)
+    # The first to move is a backup whose own timer made the f+1-th suspicion; replicas that
+    # heard f+1 suspicions (or view-changes) before their timer fired say so.
+    assert causes and causes[0][1] == ViewChangeCause.VIEW_TIMER
     assert {cause for _, cause in causes} <= {
         ViewChangeCause.VIEW_TIMER,
+        ViewChangeCause.SUSPECTED,
         ViewChangeCause.F_PLUS_ONE,
     }
 
@@ -212,3 +216,64 @@ def test_a_request_a_backup_holds_only_in_a_pre_prepare_still_starts_its_timer()
     c.run(3000)
     assert all(tx_count(n) == 1 for n in c.nodes[1:])
     assert_same_chain(c, [1, 2, 3])
+
+
+def _behind(replica: int) -> object:
+    """Drop everything that would show ``replica`` the primary's progress, not the heartbeats
+    that tell it a quorum is there: it lags (as a restarted or CPU-starved replica does)."""
+    return lambda src, dst, m: dst == replica and not isinstance(m, FetchRequest | Suspect)
+
+
+def test_a_backup_that_alone_sees_no_progress_suspects_but_stays_in_the_view() -> None:
+    """A lone timer is not f+1 suspicions: the replica says so and keeps working in view v.
+    Found by the rolling-restart scenario at peak: a just-restarted backup timed out alone,
+    moved to view 3, and sat in that view change to the end while the others worked in 2."""
+    c = start()
+    c.run(100)
+    c.submit(3, [tx(k) for k in range(5)])  # its timer runs on these
+    for k in range(30):  # the others commit; replica 3 hears only heartbeats
+        c.submit(1, [tx(1000 + k)])
+        c.run(200, drop=_behind(3))
+    r3 = c.nodes[3].replica
+    assert all(n.replica.view == 0 and not n.replica.in_view_change for n in c.nodes)
+    assert r3.suspicions.get(3) is not None, "its timer should have fired"
+    assert c.nodes[0].replica.suspicions.keys() <= {3}
+    c.run(4_000)  # it hears the primary again, catches up, and the suspicion is gone
+    assert all(n.replica.view == 0 and not n.replica.in_view_change for n in c.nodes)
+    assert all(tx_count(n) == 35 for n in c.nodes)
+    assert_same_chain(c)
+    assert 3 not in r3.suspicions
+
+
+def _suspect(c: object, i: int, view: int) -> Suspect:
+    crypto = c.nodes[i].replica.crypto  # type: ignore[attr-defined]
+    unsigned = Suspect(view, i)
+    return Suspect(view, i, crypto.sign(unsigned.signing_bytes()))
+
+
+def test_f_plus_1_fresh_suspicions_start_a_view_change_and_stale_ones_do_not() -> None:
+    c = start()
+    r2 = c.nodes[2].replica
+    c.feed(2, Receive(_suspect(c, 1, 0), 1))
+    assert r2.view == 0 and not r2.in_view_change, "one suspicion is not f+1"
+    # Older than SUSPICION_FRESH_TIMEOUTS view timeouts, it no longer counts with a new one.
+    c.now += SUSPICION_FRESH_TIMEOUTS * r2.view_timeout_ms() + 1
+    c.feed(2, Receive(_suspect(c, 3, 0), 3))
+    assert r2.view == 0 and not r2.in_view_change
+    causes: list[ViewChangeCause | None] = []
+    ready = r2.step(Receive(_suspect(c, 1, 0), 1), c.now)
+    causes.append(ready.view_change_cause)
+    assert r2.view == 1 and r2.in_view_change
+    assert causes == [ViewChangeCause.SUSPECTED]
+
+
+def test_a_suspicion_with_a_bad_signature_or_of_another_view_does_not_count() -> None:
+    c = start()
+    r2 = c.nodes[2].replica
+    forged = Suspect(0, 1, b"\x00" * 64)
+    ready = r2.step(Receive(forged, 1), c.now)
+    assert [d.reason for d in ready.dropped] == [DropReason.BAD_SIGNATURE]
+    r2.step(Receive(_suspect(c, 3, 1), 3), c.now)  # a view we are not in
+    assert r2.suspicions == {}
+    r2.step(Receive(_suspect(c, 3, 0), 3), c.now)
+    assert r2.suspicions == {3: c.now}

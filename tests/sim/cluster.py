@@ -40,6 +40,7 @@ from consensus.messages import (
     NewView,
     Prepare,
     PrePrepare,
+    Suspect,
     ViewChange,
 )
 from tests.sim.app import VALID_PREFIX, SimApp, tx_id, tx_problem
@@ -70,7 +71,7 @@ CLIENT_MAX_TIMEOUT_MS = 3200
 MAX_TICKS_AT_ONE_INSTANT = 200
 VERIFY_MEMO_MAX = 500_000
 
-_SIGNED = (PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView)
+_SIGNED = (PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView, Suspect)
 _DELIVER, _TICK, _INJECT, _CALL = range(4)
 
 

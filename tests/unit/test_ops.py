@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from node.api import tx_to_request_json
 from node.audit.compare import SEVERITY
 from node.faults.layer import FaultLayer
-from node.faults.model import parse_fault
+from node.faults.model import Delay, FaultsConfig, FaultSpec, parse_fault
 from node.observer import Observer
 from node.recorder import EVENT_KINDS
 from node.runtime import Node
@@ -180,11 +181,18 @@ async def test_events_have_the_documented_shape_and_page_with_next(tmp_path: Pat
 
 async def test_readyz_drops_during_a_view_change_and_comes_back(tmp_path: Path) -> None:
     consensus = {**FAST, "view_timeout_ms": 800}
-    cluster = Cluster(make_configs(tmp_path, consensus=consensus, limits=FAST_LIMITS))
+    configs = make_configs(tmp_path, consensus=consensus, limits=FAST_LIMITS)
+    configs[1] = replace(configs[1], faults=FaultsConfig(enabled=True, seed=1))
+    cluster = Cluster(configs)
     try:
         for i in range(4):
             await cluster.start(i)
-        url = cluster.url(1)  # the primary of view 1
+        # A backup, which waits for the new primary's new-view: a view change starts only on
+        # f+1 suspicions, so the new primary (node 1) has the quorum as it joins and installs
+        # view 1 at once, and a backup waits one message. Node 1's frames to the backups are
+        # delayed so that the wait is long enough to be seen.
+        url = cluster.url(2)
+        cluster.nodes[1].faults.apply(FaultSpec(Delay(ms=600, peers=frozenset({2, 3}))))
         async with ClientSession() as http:
             async with http.get(url + "/readyz") as resp:
                 assert resp.status == 200, await resp.text()
@@ -208,10 +216,10 @@ async def test_readyz_drops_during_a_view_change_and_comes_back(tmp_path: Path) 
                     return resp.status == 200
 
             await _until(ready_again)
-            node1 = cluster.nodes[1]
+            node2 = cluster.nodes[2]
 
             async def on_chain() -> bool:
-                return all(node1.store.is_committed(e.tx_id) for e in envs)
+                return all(node2.store.is_committed(e.tx_id) for e in envs)
 
             await _until(on_chain)
             evs = (await events(http, url, limit=5000))["events"]
