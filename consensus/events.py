@@ -87,7 +87,7 @@ class ViewChangeCause(Enum):
     REQUEST_TIMER = "request timer: one request waited request_timeout_ms"
     HIGHER_VIEW = "messages of a later view from f+1 replicas"
     F_PLUS_ONE = "view-changes for later views from f+1 replicas"
-    SUSPECTED = "the primary suspected by f+1 replicas"
+    SUSPECTED = "the primary suspected by f+1 replicas, this one among them"
 
 
 class DropReason(Enum):

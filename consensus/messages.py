@@ -198,8 +198,9 @@ class NewView:
 @dataclass(frozen=True, slots=True)
 class Suspect:
     """<SUSPECT, v, i>_i: replica i's timer expired in view v. Not in the paper: a replica
-    whose timer fires stays in view v and says so; the view change starts only where f+1
-    suspicions of v are fresh (one is an honest replica's), like BFT-SMaRt's STOP. A
+    whose timer fires stays in view v and says so; the view change starts at a replica that
+    suspects v itself and holds f+1 fresh suspicions of it (one is an honest replica's), like
+    BFT-SMaRt's STOP. A
     replica that alone saw no progress (it was behind, or starved of CPU) left view v at
     once, and stayed out of it while the others worked (``viewchange.on_suspect``)."""
 

@@ -1,11 +1,12 @@
 """View changes (sections 4.4 and 4.5.2): replacing a faulty or slow primary.
 
 A backup whose timer expires suspects the primary: it tells every replica (``Suspect``) and
-stays in view v. Once f+1 replicas' suspicions of v are fresh, one of them an honest
-replica's, each replica that knows it moves to view v+1 and sends a view-change carrying its
-stable checkpoint and its prepared certificates. The primary of v+1 gathers 2f+1 of them and sends a
-new-view that re-issues, in v+1, every batch that may have committed (a null batch where none
-did). Every backup recomputes that choice from the same view-changes and checks it.
+stays in view v. A replica that suspects v and holds f+1 fresh suspicions of it (its own
+among them, so one is an honest replica's) moves to view v+1 and sends a view-change carrying
+its stable checkpoint and its prepared certificates; the others follow once f+1 have. The
+primary of v+1 gathers 2f+1 of them and sends a new-view that re-issues, in v+1, every batch
+that may have committed (a null batch where none did). Every backup recomputes that choice
+from the same view-changes and checks it.
 """
 
 from __future__ import annotations
@@ -116,8 +117,14 @@ def on_suspect(r: Replica, m: Suspect, out: Ready) -> None:
 
 
 def _change_if_suspected(r: Replica, cause: ViewChangeCause, out: Ready) -> None:
-    """f+1 fresh suspicions include an honest replica's (section 4.5.2's argument for joining
-    on f+1 view-changes): start the view change."""
+    """f+1 fresh suspicions, ours among them, start the view change: f+1 include an honest
+    replica's (section 4.5.2's argument for joining on f+1 view-changes), and ours is current
+    (progress withdraws it). A replica that does not suspect the primary itself follows once
+    f+1 have moved (``_join_if_f_plus_one``): under overload two backups each timed out while
+    behind, saw progress a moment later, and their two suspicions moved the primary and the
+    third backup to a view change neither suspecting replica would have started."""
+    if r.id not in r.suspicions:
+        return
     fresh = r.now_ms - SUSPICION_FRESH_TIMEOUTS * r.view_timeout_ms()
     if sum(1 for t in r.suspicions.values() if t >= fresh) >= r.cfg.weak_quorum:
         start_view_change(r, r.view + 1, out, cause)
