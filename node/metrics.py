@@ -83,6 +83,7 @@ class NodeCollector(Collector):
         yield from self._messages(node, node.observer)
         yield from self._peers(node)
         yield from self._latency(node.observer)
+        yield from self._gc(node)
         yield from self._store(node)
         yield from self._events(node.observer)
         if node.auditor is not None:
@@ -288,6 +289,22 @@ class NodeCollector(Collector):
             "store_commit_duration_seconds",
             "The COMMIT of a write transaction (the WAL write; the fsync when synchronous=FULL)",
             obs.store_commit,
+        )
+
+    def _gc(self, node: Node) -> Iterator[Metric]:
+        pauses = node.gc_pauses
+        family = HistogramMetricFamily(
+            PREFIX + "gc_pause_seconds",
+            "Pauses of the node process by garbage collection, by generation",
+            labels=["generation"],
+        )
+        for gen, b in enumerate(pauses.by_generation):
+            family.add_metric([str(gen)], b.cumulative(), sum_value=b.sum)
+        yield family
+        yield _counter(
+            "gc_long_pauses",
+            "Garbage collections that paused the node 100 ms or more",
+            pauses.long_pauses,
         )
 
     def _store(self, node: Node) -> Iterator[Metric]:

@@ -54,6 +54,7 @@ from node.crypto import NodeCrypto, load_key
 from node.faults import FaultLayer
 from node.faults.wiring import make_transport, pause_gate
 from node.fetchserve import FetchBudget
+from node.gcpause import GcPauses
 from node.http import GuardedRunner, serve_kwargs
 from node.inbox import ClientBatch, ClientInbox, PeerInbox, RoundFrames
 from node.ledger import (
@@ -126,6 +127,8 @@ class Node(ConsensusLoop):
         self.observer = Observer.for_node(config, self.clock)
         """Metrics, the flight recorder and readiness (node.observer; served by node.ops)."""
         self.faults.listener = self.observer.on_fault
+        self.gc_pauses = GcPauses()
+        """Every garbage collection's pause, timed (node.gcpause; /metrics and /status)."""
         self._crypto: NodeCrypto | None = None
         self.transport = make_transport(
             self.faults,
@@ -277,6 +280,7 @@ class Node(ConsensusLoop):
         await self.reader.start(http=http)
         if self.auditor is not None:
             await self.auditor.start(http=http)
+        self.gc_pauses.install()
         self._core_task = asyncio.create_task(self._run_core(), name="consensus")
         self._watch_task = asyncio.create_task(self._watch_store(watch), name="store-watch")
         self._resubmit_pending()
@@ -362,6 +366,7 @@ class Node(ConsensusLoop):
 
     async def stop(self) -> None:
         """Stop the consensus task and peer links, release waiters, close the store."""
+        self.gc_pauses.uninstall()
         self.waiters.release_all()
         if self._timer is not None:
             self._timer.cancel()

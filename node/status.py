@@ -92,6 +92,7 @@ def status_document(node: Node, consortium: dict[str, object]) -> dict[str, obje
         "peers": node.transport.peers_status(),
         **consortium,
         "counters": node.counters.to_json(),
+        "gc": node.gc_pauses.to_json(),
         "transport": node.transport.status(),
         "faults": node.faults.status(),
     }

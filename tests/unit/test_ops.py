@@ -9,6 +9,7 @@ installed; every error answer is counted by route, status and error.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -90,6 +91,7 @@ async def test_metrics_parse_and_follow_the_cluster(tmp_path: Path) -> None:
                 )
 
             await _until(committed)
+            gc.collect()  # the nodes run in this process: their GC pause timers see it
             after = await scrape(http, url)
             async with http.get(url + "/tx/zz") as resp:
                 assert resp.status == 400
@@ -127,6 +129,8 @@ async def test_metrics_parse_and_follow_the_cluster(tmp_path: Path) -> None:
     assert value(after, "medchain_view") == 0
     assert value(after, "medchain_in_view_change") == 0
     assert value(after, "medchain_events_recorded_total") > 0
+    assert grew("medchain_gc_pause_seconds_count", generation="2")
+    assert value(after, "medchain_gc_pause_seconds_sum", generation="2") > 0
     key = {"route": "/tx/{tx_id}", "code": "400", "error": "bad transaction id"}
     assert value(rejected, "medchain_http_rejections_total", **key) == 1
 
