@@ -171,14 +171,28 @@ def _window(r: LoadResult, p: BenchParams) -> tuple[int, int, list[int]]:
 def commit_gap(
     r: LoadResult, target: Target, faults: Sequence[Mapping[str, Any]]
 ) -> gaps.CommitGap:
-    """The longest stretch without an observed block while 2f+1 nodes were up, from the first
-    block to the end of the load (``faults``: the scenario's timeline, seconds since go)."""
+    """The longest stretch without an observed block while 2f+1 nodes were up and an accepted
+    transaction awaited its commit, from the first block to the end of the load (``faults``:
+    the scenario's timeline, seconds since go)."""
     end_s = (r.submit_end_ns - r.t0_ns) / _NS
     times = [(b.observed_ns - r.t0_ns) / _NS for b in r.blocks]
     n = len(target.urls)
     timeout = (target.consensus or {}).get("view_timeout_ms")
     bound = gaps.gap_bound_s(timeout if isinstance(timeout, int) else None)
-    return gaps.longest_commit_gap(times, end_s, gaps.outages(faults, n, end_s), n, bound)
+    busy = gaps.awaiting_commit(
+        (
+            (_since(r, r.acked_ns[i]), _since(r, r.committed_ns[i]))
+            for i in range(r.pool_size)
+            if r.acked_ns[i] >= 0
+        ),
+        end_s,
+    )
+    return gaps.longest_commit_gap(times, end_s, gaps.outages(faults, n, end_s), n, bound, busy)
+
+
+def _since(r: LoadResult, t_ns: int) -> float | None:
+    """Seconds since the run's second 0, or None for a time not recorded (-1)."""
+    return None if t_ns < 0 else (t_ns - r.t0_ns) / _NS
 
 
 def uncommitted_by_node(r: LoadResult, target: Target, txs: Sequence[int]) -> dict[str, int]:

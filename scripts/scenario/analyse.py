@@ -127,12 +127,14 @@ def view_timeout_ms(sc: Scenario) -> int:
 
 
 def commit_gap(sc: Scenario, run: RunRecords) -> gaps.CommitGap:
-    """The longest stretch without a commit while 2f+1 nodes were up (scripts.gaps)."""
+    """The longest stretch without a commit while 2f+1 nodes were up and an accepted
+    transaction awaited its commit (scripts.gaps)."""
     faults = [s.to_json() for s in run.spans]
     outs = gaps.outages(faults, sc.nodes, run.load_s)
     times = [r.commit_s for r in run.records if r.commit_s is not None]
+    busy = gaps.awaiting_commit(((r.ack_s, r.commit_s) for r in run.records), run.load_s)
     return gaps.longest_commit_gap(
-        times, run.load_s, outs, sc.nodes, gaps.gap_bound_s(view_timeout_ms(sc))
+        times, run.load_s, outs, sc.nodes, gaps.gap_bound_s(view_timeout_ms(sc)), busy
     )
 
 

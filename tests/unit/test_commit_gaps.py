@@ -79,3 +79,33 @@ def test_no_commit_at_all_is_an_empty_gap_and_json_says_how() -> None:
     assert gap.commits == 0 and gap.longest_s == 0.0
     doc = gaps.longest_commit_gap([0.5, 2.0], 2.5, [], 4, 3.0).to_json()
     assert doc["longest_s"] == 1.5 and doc["ok"] is True and "2f+1" in doc["definition"]
+
+
+def test_awaiting_commit_is_the_union_of_accepted_to_committed() -> None:
+    txs = [
+        (1.0, 2.0),
+        (1.5, 3.0),  # overlaps the first: merged
+        (None, None),  # never accepted: no work for the cluster
+        (5.0, 5.0),  # committed as it was accepted: empty
+        (6.0, None),  # never committed: waits to the end
+        (12.0, None),  # accepted after the end: outside
+    ]
+    assert gaps.awaiting_commit(txs, 10.0) == [(1.0, 3.0), (6.0, 10.0)]
+
+
+def test_a_stretch_with_every_accepted_transaction_committed_is_not_a_gap() -> None:
+    # Commits at 1 and 6: the client sent nothing from 1.2 (all it had was committed at 1) to
+    # 5.0, so only 5.0 -> 6.0 had work waiting. Without ``busy`` the 5 s idle stretch counts.
+    commits = [0.5, 1.0, 6.0, 6.5]
+    busy = gaps.awaiting_commit([(0.2, 1.0), (5.0, 6.0), (6.1, 6.5)], 7.0)
+    gap = gaps.longest_commit_gap(commits, 7.0, [], 4, 3.0, busy)
+    assert (gap.longest_s, gap.from_s, gap.to_s) == (1.0, 5.0, 6.0) and gap.ok
+    assert gaps.longest_commit_gap(commits, 7.0, [], 4, 3.0).longest_s == 5.0
+
+
+def test_a_stall_with_work_waiting_is_still_a_gap() -> None:
+    # An accepted transaction waited from 2 s to 9 s and nothing committed from 1.5 s: the
+    # gap counts from when the work arrived.
+    busy = gaps.awaiting_commit([(1.0, 1.5), (2.0, 9.0)], 10.0)
+    gap = gaps.longest_commit_gap([1.5, 9.0], 10.0, [], 4, 3.0, busy)
+    assert (gap.longest_s, gap.from_s, gap.to_s) == (7.0, 2.0, 9.0) and not gap.ok
