@@ -379,6 +379,12 @@ def on_commit(r: Replica, c: Commit, out: Ready) -> None:
     if not r.verify(c):
         out.drop_msg(DropReason.BAD_SIGNATURE, c, f"commit from {c.replica}")
         return
+    if c.seq > r.peer_commit_seq.get(c.replica, 0):
+        # Its sender prepared a new batch of this view: it saw progress and withdrew any
+        # suspicion it sent before (``Replica.restart_view_timer``); a link delivers in order
+        # (node.transport), and a retransmitted commit, for a seq it named before, is no news.
+        r.peer_commit_seq[c.replica] = c.seq
+        r.suspicions.pop(c.replica, None)
     slot = r.log.slot(c.seq)
     slot.commits.add((c.view, c.digest), c, c.replica)
     _check_committed(r, slot, out)

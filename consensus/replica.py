@@ -126,6 +126,14 @@ class Replica:
         self.suspicions: dict[int, int] = {}
         """Replica -> when its latest Suspect of this view's primary came (ours included): a
         view change starts once f+1 are fresh (``viewchange.on_suspect``). At most n."""
+        self.peer_commit_seq: dict[int, int] = {}
+        """Replica -> the highest seq of this view it sent a valid Commit for: a Commit above it
+        shows the sender prepared a new batch (retransmits do not). At most n."""
+        self.peer_executed: dict[int, tuple[int, int]] = {}
+        """Replica -> (the last seq it says it executed, when that last rose), from the
+        ``from_seq`` of its fetch requests and heartbeats (the block after its chain). At most
+        n. Positions claimed by f+1 rising past ours show that the cluster executes and that we
+        are the one behind (``viewchange.on_view_timeout``)."""
         self.recently_executed: OrderedDict[bytes, None] = OrderedDict()
         """A FIFO of executed ids. An OrderedDict, not a dict: evicting a plain dict's first
         key scans every slot deleted before it, which made each block cost O(chain) once the
@@ -202,6 +210,8 @@ class Replica:
         elif isinstance(m, Request):
             normal.on_request(self, m, out)
         elif isinstance(m, FetchRequest):
+            if sender == m.replica and sender != self.id and self.valid_replica(sender):
+                statetransfer.note_position(self, sender, m.from_seq - 1)  # the link's own word
             statetransfer.on_fetch_request(self, m, out)
         elif isinstance(m, FetchResponse):
             statetransfer.on_fetch_response(self, m, out)

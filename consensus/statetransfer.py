@@ -27,6 +27,28 @@ def on_fetch_request(r: Replica, m: FetchRequest, out: Ready) -> None:
     out.serve.append(FetchRequest(m.from_seq, to_seq, m.replica))
 
 
+def note_position(r: Replica, replica: int, executed: int) -> None:
+    """A peer's fetch (or heartbeat) names the block after its chain: where it got to. Rising,
+    it executed since; and it no longer suspects the primary it suspected before (its own
+    progress withdrew that suspicion, ``Replica.restart_view_timer``)."""
+    known = r.peer_executed.get(replica)
+    if known is None or executed > known[0]:
+        r.peer_executed[replica] = (executed, r.now_ms)
+        if known is not None:
+            r.suspicions.pop(replica, None)
+
+
+def cluster_executes_past_us(r: Replica, since_ms: int) -> bool:
+    """f+1 other replicas say they executed past our last seq and got further since
+    ``since_ms``: one of them is honest, so blocks are being decided without us."""
+    ahead = sum(
+        1
+        for j, (executed, rose_ms) in r.peer_executed.items()
+        if j != r.id and executed > r.last_executed and rose_ms >= since_ms
+    )
+    return ahead >= r.cfg.weak_quorum
+
+
 def on_fetch_response(r: Replica, m: FetchResponse, out: Ready) -> None:
     cfg = r.cfg
     for block in sorted(m.blocks, key=lambda b: b.seq)[: cfg.fetch_batch_blocks]:

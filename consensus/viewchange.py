@@ -60,6 +60,8 @@ def on_view_timeout(r: Replica, out: Ready) -> None:
         r.suspected_at_ms = r.now_ms
         _announce_suspicion(r, out)
     recheck_ms = _defer_for_ms(r, r.suspected_at_ms)
+    if recheck_ms is None and r.view_active and _we_are_behind(r):
+        recheck_ms = r.cfg.heartbeat_ms
     if recheck_ms is not None:
         r.vc_deadline_ms = r.now_ms + recheck_ms
         return
@@ -70,6 +72,16 @@ def on_view_timeout(r: Replica, out: Ready) -> None:
         return
     r.vc_deadline_ms = r.now_ms + r.view_timeout_ms()  # still no progress then: say it again
     suspect_primary(r, out, ViewChangeCause.VIEW_TIMER)
+
+
+def _we_are_behind(r: Replica) -> bool:
+    """The cluster executed past us within the last view timeout (f+1 say so): the primary
+    makes progress, and our timer fired because this replica fell behind (its pre-prepares
+    lost from a full send queue, its CPU starved); state transfer catches it up. Measured at
+    twice the peak: such a replica's timeout, with a suspicion from another that saw progress
+    a moment later, moved it alone to the next view, where it sat out of every quorum to the
+    end of the run. A primary that stops is suspected at most one view timeout later."""
+    return statetransfer.cluster_executes_past_us(r, r.now_ms - r.view_timeout_ms())
 
 
 def on_request_timeout(r: Replica, out: Ready) -> None:
@@ -164,6 +176,7 @@ def start_view_change(r: Replica, new_view: int, out: Ready, cause: ViewChangeCa
     r.view_active = False
     r.suspected_at_ms = r.request_suspected_at_ms = None
     r.suspicions.clear()
+    r.peer_commit_seq.clear()
     r.view_base_seq = 0
     r.new_view_msg = None
     r.buffered.clear()
